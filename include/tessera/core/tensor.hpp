@@ -1,0 +1,420 @@
+// tessera/core/tensor.hpp — Tensor<D, T> (owning, contiguous) and
+// TensorView<D, T> (non-owning, strided: slices, reshapes, transposes).
+//
+// The device D is part of the type. There is no conversion between tensors of
+// different devices (the converting constructors are deleted, so the compiler
+// names both types); the only bridge is tessera::to<D2>(t). Host element
+// access (data(), at(), span()) exists only on CPU devices: on a Cuda<N>
+// tensor it is a missing member, not a run-time abort.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <concepts>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "device.hpp"
+#include "dtype.hpp"
+#include "error.hpp"
+#include "memory.hpp"
+#include "shape.hpp"
+
+namespace tessera {
+
+template <Device D, DType T>
+class Tensor;
+template <Device D, class T>
+class TensorView;
+
+namespace detail {
+
+// Host element access, mixed into CPU tensors and views only. Derived
+// provides raw(), shape(), strides().
+template <class Derived, class D, class T, class Enable = void>
+class HostElementAccess {};
+
+template <class Derived, class D, class T>
+class HostElementAccess<Derived, D, T, std::enable_if_t<is_cpu_v<D>>> {
+ public:
+  auto* data() noexcept { return self().raw(); }
+  auto* data() const noexcept { return cself().raw(); }
+
+  // Element at a multi-index (as many indices as the rank), bounds-checked.
+  template <std::integral... I>
+  decltype(auto) at(I... indices) {
+    return self().raw()[offset_of({static_cast<std::int64_t>(indices)...})];
+  }
+  template <std::integral... I>
+  decltype(auto) at(I... indices) const {
+    return cself().raw()[offset_of({static_cast<std::int64_t>(indices)...})];
+  }
+
+ private:
+  Derived& self() noexcept { return static_cast<Derived&>(*this); }
+  const Derived& cself() const noexcept { return static_cast<const Derived&>(*this); }
+
+  std::int64_t offset_of(std::initializer_list<std::int64_t> idx) const {
+    const Shape& shape = cself().shape();
+    if (static_cast<int>(idx.size()) != shape.rank()) {
+      throw ShapeError(concat("at() got ", idx.size(), " indices for a rank ", shape.rank(), " tensor ",
+                              shape.to_string()));
+    }
+    const auto strides = cself().strides();
+    std::int64_t offset = 0;
+    int i = 0;
+    for (std::int64_t k : idx) {
+      if (k < 0 || k >= shape[i]) {
+        throw ShapeError(concat("index ", k, " is out of range for dimension ", i, " of size ",
+                                shape[i], " in at() on a ", shape.to_string(), " tensor"));
+      }
+      offset += k * strides[static_cast<std::size_t>(i)];
+      ++i;
+    }
+    return offset;
+  }
+};
+
+}  // namespace detail
+
+// A non-owning window onto device memory: pointer, shape and element strides.
+// T may be const (a read-only view). Views never extend a tensor's lifetime.
+template <Device D, class T>
+class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T> {
+  static_assert(DType<std::remove_const_t<T>>,
+                "tessera: TensorView element type must be float, bf16, f16, int32_t or int64_t");
+
+ public:
+  using device_type = D;
+  using element_type = T;
+  using value_type = std::remove_const_t<T>;
+
+  TensorView() = default;
+  TensorView(T* ptr, Shape shape, Strides strides) : ptr_(ptr), shape_(shape), strides_(strides) {}
+  TensorView(T* ptr, Shape shape) : ptr_(ptr), shape_(shape), strides_(contiguous_strides(shape)) {}
+
+  // A mutable view converts to a read-only view of the same device.
+  template <class U>
+    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
+  TensorView(const TensorView<D, U>& other)  // NOLINT: implicit by design
+      : ptr_(other.raw()), shape_(other.shape()), strides_(other.strides()) {}
+
+  // Views of another device never convert: move data with tessera::to<D>(t).
+  template <Device D2, class U>
+    requires(!same_device<D, D2>)
+  TensorView(const TensorView<D2, U>&) = delete;
+
+  // Address in D's memory space, for kernels and backends. Not dereferenceable
+  // on the host unless D is a CPU slot.
+  T* raw() const noexcept { return ptr_; }
+  const Shape& shape() const noexcept { return shape_; }
+  const Strides& strides() const noexcept { return strides_; }
+  std::int64_t stride(int i) const { return strides_[static_cast<std::size_t>(shape_.axis(i))]; }
+  int rank() const noexcept { return shape_.rank(); }
+  std::int64_t dim(int i) const { return shape_[i]; }
+  std::int64_t numel() const noexcept { return shape_.numel(); }
+  bool is_contiguous() const noexcept { return tessera::is_contiguous(shape_, strides_); }
+
+  TensorView<D, const T> as_const() const { return {ptr_, shape_, strides_}; }
+
+  // Elements [start, stop) of dimension `axis` (negative axes count from the end).
+  TensorView slice(int axis, std::int64_t start, std::int64_t stop) const {
+    const int a = shape_.axis(axis);
+    if (start < 0 || stop < start || stop > shape_[a]) {
+      throw ShapeError(detail::concat("slice [", start, ", ", stop, ") is out of range for dimension ",
+                                      a, " of size ", shape_[a], " in shape ", shape_.to_string()));
+    }
+    Shape s = shape_;
+    s[a] = stop - start;
+    return {ptr_ + start * strides_[static_cast<std::size_t>(a)], s, strides_};
+  }
+
+  // Index `index` of dimension `axis`, dropping that dimension.
+  TensorView select(int axis, std::int64_t index) const {
+    const int a = shape_.axis(axis);
+    TensorView one = slice(a, index, index + 1);
+    Shape s;
+    Strides st{};
+    for (int i = 0, j = 0; i < rank(); ++i) {
+      if (i == a) continue;
+      s.push_back(shape_[i]);
+      st[static_cast<std::size_t>(j++)] = strides_[static_cast<std::size_t>(i)];
+    }
+    return {one.ptr_, s, st};
+  }
+
+  // Swaps two dimensions (no data moves).
+  TensorView transpose(int axis0, int axis1) const {
+    const int a = shape_.axis(axis0), b = shape_.axis(axis1);
+    Shape s = shape_;
+    Strides st = strides_;
+    std::swap(s[a], s[b]);
+    std::swap(st[static_cast<std::size_t>(a)], st[static_cast<std::size_t>(b)]);
+    return {ptr_, s, st};
+  }
+
+  // Reorders dimensions: result dimension i is this view's dimension order[i].
+  TensorView permute(std::span<const int> order) const {
+    if (static_cast<int>(order.size()) != rank()) {
+      throw ShapeError(detail::concat("permute got ", order.size(), " axes for a rank ", rank(), " view ",
+                                      shape_.to_string()));
+    }
+    std::array<bool, kMaxRank> seen{};
+    Shape s;
+    Strides st{};
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      const int a = shape_.axis(order[i]);
+      if (seen[static_cast<std::size_t>(a)]) {
+        throw ShapeError(detail::concat("permute names axis ", a, " twice"));
+      }
+      seen[static_cast<std::size_t>(a)] = true;
+      s.push_back(shape_[a]);
+      st[i] = strides_[static_cast<std::size_t>(a)];
+    }
+    return {ptr_, s, st};
+  }
+  TensorView permute(std::initializer_list<int> order) const {
+    return permute(std::span<const int>(order.begin(), order.size()));
+  }
+
+  // Same elements, new shape; one dimension may be -1 (inferred). Needs a
+  // contiguous view: copy with ops::contiguous first otherwise.
+  TensorView reshape(std::initializer_list<std::int64_t> dims) const {
+    return reshape(std::span<const std::int64_t>(dims.begin(), dims.size()));
+  }
+  TensorView reshape(std::span<const std::int64_t> dims) const {
+    if (!is_contiguous()) {
+      throw ShapeError(detail::concat("reshape of a non-contiguous view ", shape_.to_string(),
+                                      ": call ops::contiguous first"));
+    }
+    return {ptr_, infer_shape(dims, numel())};
+  }
+  TensorView reshape(const Shape& shape) const { return reshape(shape.dims()); }
+
+  // Inserts a dimension of size 1 at `axis` (0..rank).
+  TensorView unsqueeze(int axis) const {
+    const int a = axis < 0 ? axis + rank() + 1 : axis;
+    if (a < 0 || a > rank()) throw ShapeError(detail::concat("unsqueeze axis ", axis, " out of range"));
+    Shape s;
+    Strides st{};
+    for (int i = 0, j = 0; i <= rank(); ++i) {
+      if (i == a) {
+        s.push_back(1);
+        st[static_cast<std::size_t>(i)] = 0;
+      } else {
+        s.push_back(shape_[j]);
+        st[static_cast<std::size_t>(i)] = strides_[static_cast<std::size_t>(j)];
+        ++j;
+      }
+    }
+    return {ptr_, s, st};
+  }
+
+  static Shape infer_shape(std::span<const std::int64_t> dims, std::int64_t numel) {
+    std::int64_t known = 1;
+    int inferred = -1;
+    std::vector<std::int64_t> out(dims.begin(), dims.end());
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      if (out[i] == -1) {
+        if (inferred >= 0) throw ShapeError("reshape: only one dimension may be -1");
+        inferred = static_cast<int>(i);
+      } else {
+        known *= out[i];
+      }
+    }
+    if (inferred >= 0) {
+      if (known == 0 || numel % known != 0) {
+        throw ShapeError(detail::concat("reshape: cannot infer a dimension for ", numel, " elements"));
+      }
+      out[static_cast<std::size_t>(inferred)] = numel / known;
+    }
+    Shape s{std::span<const std::int64_t>(out)};
+    if (s.numel() != numel) {
+      throw ShapeError(detail::concat("reshape to ", s.to_string(), " (", s.numel(),
+                                      " elements) from ", numel, " elements"));
+    }
+    return s;
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  Shape shape_;
+  Strides strides_{};
+};
+
+// An owning, contiguous tensor on device D. Move-only: copying a tensor is
+// always explicit (clone() on the same device, to<D2>() to another).
+// The element type defaults to bf16, so Tensor<Cuda<0>> is a bf16 tensor.
+template <Device D, DType T = bf16>
+class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T> {
+ public:
+  using device_type = D;
+  using element_type = T;
+  using value_type = T;
+
+  Tensor() = default;
+  // Uninitialised storage for `shape` on D, charged to D's ledger.
+  explicit Tensor(Shape shape)
+      : buffer_(static_cast<std::size_t>(shape.numel()) * sizeof(T)), shape_(shape) {}
+
+  Tensor(Tensor&&) noexcept = default;
+  Tensor& operator=(Tensor&&) noexcept = default;
+  Tensor(const Tensor&) = delete;
+  Tensor& operator=(const Tensor&) = delete;
+
+  // No tensor changes device implicitly: these are deleted so that the
+  // compiler names both devices. Move data with tessera::to<D>(t).
+  template <Device D2, DType U>
+    requires(!same_device<D, D2>)
+  Tensor(const Tensor<D2, U>&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+  template <Device D2, DType U>
+    requires(!same_device<D, D2>)
+  Tensor(Tensor<D2, U>&&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+  template <Device D2, DType U>
+    requires(!same_device<D, D2>)
+  Tensor& operator=(const Tensor<D2, U>&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+  template <Device D2, DType U>
+    requires(!same_device<D, D2>)
+  Tensor& operator=(Tensor<D2, U>&&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+
+  T* raw() noexcept { return static_cast<T*>(buffer_.get()); }
+  const T* raw() const noexcept { return static_cast<const T*>(buffer_.get()); }
+  const Shape& shape() const noexcept { return shape_; }
+  Strides strides() const noexcept { return contiguous_strides(shape_); }
+  int rank() const noexcept { return shape_.rank(); }
+  std::int64_t dim(int i) const { return shape_[i]; }
+  std::int64_t numel() const noexcept { return shape_.numel(); }
+  std::size_t bytes() const noexcept { return static_cast<std::size_t>(numel()) * sizeof(T); }
+  bool empty() const noexcept { return buffer_.get() == nullptr; }
+
+  TensorView<D, T> view() noexcept { return {raw(), shape_}; }
+  TensorView<D, const T> view() const noexcept { return {raw(), shape_}; }
+  operator TensorView<D, T>() noexcept { return view(); }              // NOLINT: same device only
+  operator TensorView<D, const T>() const noexcept { return view(); }  // NOLINT: same device only
+
+  // Shorthands for the view operations.
+  TensorView<D, T> slice(int axis, std::int64_t start, std::int64_t stop) { return view().slice(axis, start, stop); }
+  TensorView<D, const T> slice(int axis, std::int64_t start, std::int64_t stop) const { return view().slice(axis, start, stop); }
+  TensorView<D, T> select(int axis, std::int64_t i) { return view().select(axis, i); }
+  TensorView<D, const T> select(int axis, std::int64_t i) const { return view().select(axis, i); }
+  TensorView<D, T> transpose(int a, int b) { return view().transpose(a, b); }
+  TensorView<D, const T> transpose(int a, int b) const { return view().transpose(a, b); }
+  TensorView<D, T> permute(std::initializer_list<int> order) { return view().permute(order); }
+  TensorView<D, const T> permute(std::initializer_list<int> order) const { return view().permute(order); }
+  TensorView<D, T> reshape(std::initializer_list<std::int64_t> dims) { return view().reshape(dims); }
+  TensorView<D, const T> reshape(std::initializer_list<std::int64_t> dims) const { return view().reshape(dims); }
+
+  // Reinterprets the storage with a new shape of the same element count.
+  void reshape_inplace(const Shape& shape) { shape_ = TensorView<D, T>::infer_shape(shape.dims(), numel()); }
+
+  // ---- host-only construction helpers (CPU slots) ----
+  static Tensor zeros(Shape shape)
+    requires is_cpu_v<D>
+  {
+    Tensor t(shape);
+    std::memset(t.raw(), 0, t.bytes());
+    return t;
+  }
+  static Tensor full(Shape shape, T value)
+    requires is_cpu_v<D>
+  {
+    Tensor t(shape);
+    std::fill_n(t.raw(), t.numel(), value);
+    return t;
+  }
+  static Tensor from(std::span<const T> values, Shape shape)
+    requires is_cpu_v<D>
+  {
+    if (static_cast<std::int64_t>(values.size()) != shape.numel()) {
+      throw ShapeError(detail::concat("Tensor::from got ", values.size(), " values for shape ",
+                                      shape.to_string(), " (", shape.numel(), " elements)"));
+    }
+    Tensor t(shape);
+    std::copy(values.begin(), values.end(), t.raw());
+    return t;
+  }
+  static Tensor from(std::initializer_list<T> values, Shape shape)
+    requires is_cpu_v<D>
+  {
+    return from(std::span<const T>(values.begin(), values.size()), shape);
+  }
+  std::span<T> span() requires is_cpu_v<D> { return {raw(), static_cast<std::size_t>(numel())}; }
+  std::span<const T> span() const requires is_cpu_v<D> { return {raw(), static_cast<std::size_t>(numel())}; }
+
+ private:
+  Buffer<D> buffer_;
+  Shape shape_;
+};
+
+// ---- traits shared by ops: what a tensor argument is and where it lives ----
+
+namespace detail {
+template <class X>
+struct tensor_traits {
+  static constexpr bool is_tensor = false;
+};
+template <Device D, DType T>
+struct tensor_traits<Tensor<D, T>> {
+  static constexpr bool is_tensor = true;
+  using device = D;
+  using element = T;
+};
+template <Device D, class T>
+struct tensor_traits<TensorView<D, T>> {
+  static constexpr bool is_tensor = true;
+  using device = D;
+  using element = std::remove_const_t<T>;
+};
+}  // namespace detail
+
+// A Tensor or TensorView of any device and element type.
+template <class X>
+concept AnyTensor = detail::tensor_traits<std::remove_cvref_t<X>>::is_tensor;
+
+template <AnyTensor X>
+using device_of = typename detail::tensor_traits<std::remove_cvref_t<X>>::device;
+template <AnyTensor X>
+using element_of = typename detail::tensor_traits<std::remove_cvref_t<X>>::element;
+
+// Read-only view of any tensor argument.
+template <Device D, DType T>
+TensorView<D, const T> as_view(const Tensor<D, T>& t) { return t.view(); }
+template <Device D, class T>
+TensorView<D, const T> as_view(const TensorView<D, T>& v) { return v.as_const(); }
+
+// Writable view of a tensor argument used as an output.
+template <Device D, DType T>
+TensorView<D, T> as_mut_view(Tensor<D, T>& t) { return t.view(); }
+template <Device D, DType T>
+TensorView<D, T> as_mut_view(const TensorView<D, T>& v) { return v; }
+
+// The device gate of every op and layer: all tensor arguments share one device.
+// A mismatch is a single static_assert whose condition names the two devices
+// ("same_device<tessera::Cpu<0>, tessera::Cpu<1>>").
+template <class A, class B>
+constexpr void require_device_pair() {
+  static_assert(same_device<A, B>,
+                "tessera: operands live on different devices; move one explicitly with "
+                "tessera::to<Device>(t) before calling this op");
+}
+template <class First, class... Rest>
+constexpr void require_same_device() {
+  (require_device_pair<First, Rest>(), ...);
+}
+
+template <class A, class B>
+constexpr void require_dtype_pair() {
+  static_assert(std::is_same_v<A, B>,
+                "tessera: operands have different element types; convert one with tessera::ops::cast<T>(t)");
+}
+template <class First, class... Rest>
+constexpr void require_same_dtype() {
+  (require_dtype_pair<First, Rest>(), ...);
+}
+
+}  // namespace tessera
