@@ -1,0 +1,54 @@
+# Shared set-up for scripts/demo and scripts/test (sourced, not run).
+# Installs missing Debian packages when run as root, or prints the exact
+# apt-get line otherwise; then configures and builds with a CMake preset.
+#
+# Environment:
+#   TESSERA_PRESET  CMake preset (default: "default"; "cpu" never uses nvcc)
+#   TESSERA_CUDA    AUTO | ON | OFF, passed to CMake when set
+#   TESSERA_JOBS    parallel build/test jobs (default: nproc)
+
+set -euo pipefail
+
+TESSERA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TESSERA_PRESET="${TESSERA_PRESET:-default}"
+TESSERA_JOBS="${TESSERA_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+
+# Debian packages the build needs: compiler and build tools, OpenBLAS,
+# GoogleTest and Google Benchmark (found with find_package, so no download).
+TESSERA_DEBIAN_PACKAGES=(cmake ninja-build g++ pkg-config libopenblas-dev libgtest-dev libbenchmark-dev)
+
+tessera_log() { printf '\033[1m[tessera]\033[0m %s\n' "$*" >&2; }
+
+tessera_install_packages() {
+  if ! command -v dpkg-query >/dev/null 2>&1; then
+    tessera_log "not a Debian/Ubuntu system: make sure CMake >= 3.24, Ninja, a C++20 compiler and OpenBLAS are installed"
+    return 0
+  fi
+  local missing=()
+  for pkg in "${TESSERA_DEBIAN_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$pkg")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ]; then
+    tessera_log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    tessera_log "missing Debian packages; install them with:"
+    echo "sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+}
+
+tessera_configure_and_build() {
+  local extra=()
+  [ -n "${TESSERA_CUDA:-}" ] && extra+=("-DTESSERA_CUDA=${TESSERA_CUDA}")
+  cd "$TESSERA_ROOT"
+  tessera_log "configuring (preset ${TESSERA_PRESET}${TESSERA_CUDA:+, TESSERA_CUDA=${TESSERA_CUDA}})"
+  cmake --preset "$TESSERA_PRESET" "${extra[@]}" >/dev/null
+  tessera_log "building with ${TESSERA_JOBS} jobs"
+  cmake --build --preset "$TESSERA_PRESET" -j "$TESSERA_JOBS" "$@"
+}
