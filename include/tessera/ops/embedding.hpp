@@ -1,0 +1,81 @@
+// tessera/ops/embedding.hpp — token embedding lookup (torch.nn.functional.embedding
+// without max_norm / padding_idx semantics, which only matter in training).
+// CUDA launchers: ops/cuda/embedding.cuh (CUDA backend issue).
+#pragma once
+
+#include <cstring>
+
+#include "common.hpp"
+
+// Parallel loop over rows only when there is enough work to pay for the
+// fork/join (decode-time rows of one token stay serial). Candidate for
+// common.hpp; guarded so that every op header may carry the same definition.
+#if !defined(TESSERA_OMP_PARALLEL_FOR_IF)
+#if defined(_OPENMP)
+#define TESSERA_OMP_PRAGMA_(x) _Pragma(#x)
+#define TESSERA_OMP_PARALLEL_FOR_IF(cond) TESSERA_OMP_PRAGMA_(omp parallel for schedule(static) if(cond))
+#else
+#define TESSERA_OMP_PARALLEL_FOR_IF(cond)
+#endif
+#endif
+
+namespace tessera::ops {
+
+// Gathers rows of table [V, H] (any float dtype) by ids (int32 or int64, any
+// shape, any strides, on the same device): the result has shape [ids..., H]
+// and is contiguous. Every id must lie in [0, V): the first one that does not
+// raises tessera::ValueError naming the id, its flat (row-major) position in
+// ids, and V. Nothing is written to the result before all ids are checked.
+template <AnyTensor W, AnyTensor I>
+Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
+  using D = device_of<W>;
+  using T = element_of<W>;
+  using Id = element_of<I>;
+  require_same_device<D, device_of<I>>();
+  static_assert(FloatType<T>, "tessera: ops::embedding needs a floating-point table (float, bf16 or f16)");
+  static_assert(IndexType<Id>, "tessera: ops::embedding needs integer ids (int32 or int64)");
+  const auto vt = as_view(table);
+  const auto vi = as_view(ids);
+  detail::check(vt.rank() == 2, "ops::embedding", "table must have shape [V, H], got ", vt.shape().to_string());
+  detail::check(vi.rank() < kMaxRank, "ops::embedding", "ids ", vi.shape().to_string(), " have rank ", vi.rank(),
+                "; the result [ids..., H] would exceed the maximum rank ", kMaxRank);
+  const std::int64_t vocab = vt.dim(0), hidden = vt.dim(1);
+  Shape out_shape = vi.shape();
+  out_shape.push_back(hidden);
+  Tensor<D, T> out(out_shape);
+  if constexpr (is_cpu_v<D>) {
+    // Pack the ids (row-major) and validate them all before gathering.
+    std::vector<std::int64_t> flat(static_cast<std::size_t>(vi.numel()));
+    const Id* pi = vi.raw();
+    detail::for_each_offset<1>(vi.shape(), {vi.strides()}, [&](std::int64_t k, const auto& off) {
+      flat[static_cast<std::size_t>(k)] = static_cast<std::int64_t>(pi[off[0]]);
+    });
+    for (std::size_t k = 0; k < flat.size(); ++k) {
+      const std::int64_t id = flat[k];
+      if (id < 0 || id >= vocab) {
+        throw ValueError(detail::concat("ops::embedding: id ", id, " at position ", k, " of ids ",
+                                        vi.shape().to_string(), " is out of range for a table of ", vocab,
+                                        " rows (valid ids are 0..", vocab - 1, ")"));
+      }
+    }
+    const T* pt = vt.raw();
+    const std::int64_t ts0 = vt.stride(0), ts1 = vt.stride(1);
+    T* po = out.raw();
+    const auto count = static_cast<std::int64_t>(flat.size());
+    TESSERA_OMP_PARALLEL_FOR_IF(count * hidden >= (1 << 15))
+    for (std::int64_t k = 0; k < count; ++k) {
+      const T* src = pt + flat[static_cast<std::size_t>(k)] * ts0;
+      T* dst = po + k * hidden;
+      if (ts1 == 1) {
+        std::memcpy(dst, src, static_cast<std::size_t>(hidden) * sizeof(T));
+      } else {
+        for (std::int64_t h = 0; h < hidden; ++h) dst[h] = src[h * ts1];
+      }
+    }
+  } else {
+    detail::cuda_backend_missing<D>("ops::embedding");
+  }
+  return out;
+}
+
+}  // namespace tessera::ops
