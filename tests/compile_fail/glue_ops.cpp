@@ -1,0 +1,45 @@
+// Compile-fail cases: the glue between layers, where §2.6 of
+// reference/placement-semantics.md finds most device-map failures: token ids,
+// position ids and rotary tables on another device than the activations.
+//
+// Format: see device_mismatch.cpp.
+#include <cstdint>
+
+#include <tessera/tessera.hpp>
+#include <tessera/ops/embedding.hpp>
+#include <tessera/ops/rope.hpp>
+
+using namespace tessera;
+
+#if defined(TESSERA_CASE_embedding_ids_on_host)
+// §2.6 #1: input_ids from the processor (Host) looked up in an embedding
+// table on the GPU.
+// expect: operands live on different devices
+// expect: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+void f(const Tensor<Cuda<0>, bf16>& embed_tokens, const Tensor<Host, std::int64_t>& input_ids) {
+#ifdef TESSERA_EXPECT_FAIL
+  auto x = ops::embedding(embed_tokens, input_ids);
+#else
+  auto x = ops::embedding(embed_tokens, to<Cuda<0>>(input_ids));
+#endif
+  (void)x;
+}
+
+#elif defined(TESSERA_CASE_rope_tables_on_other_device)
+// §2.6 #4 / #5: rotary tables built from position ids that stayed on CPU slot 0
+// (the role of inv_freq left on the CPU) applied to activations on slot 1.
+// expect: operands live on different devices
+// expect: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+void f(const Tensor<Cpu<1>, float>& q, const Tensor<Cpu<0>, std::int64_t>& position_ids) {
+#ifdef TESSERA_EXPECT_FAIL
+  auto tables = ops::rope_tables(position_ids, 64, 1e6);
+#else
+  auto tables = ops::rope_tables(to<Cpu<1>>(position_ids), 64, 1e6);
+#endif
+  auto q_embed = ops::apply_rope(q, tables.cos, tables.sin);
+  (void)q_embed;
+}
+
+#else
+#error "no TESSERA_CASE_<name> selected"
+#endif

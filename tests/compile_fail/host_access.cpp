@@ -1,0 +1,80 @@
+// Compile-fail cases: no host element access on device tensors. data(),
+// at() and span() do not exist on Tensor<Cuda<N>> or TensorView<Cuda<N>>, so
+// misuse is a missing member, not a run-time abort. Host construction helpers
+// (from, zeros, full) exist only on CPU slots: processor outputs are built on
+// the Host and cross to a device with to<>.
+//
+// Format: see device_mismatch.cpp.
+#include <tessera/tessera.hpp>
+
+using namespace tessera;
+
+#if defined(TESSERA_CASE_cuda_tensor_at)
+// expect-gcc: tessera::Tensor<tessera::Cuda<0>, float>. has no member named .at.
+// expect-clang: no member named .at. in .tessera::Tensor<tessera::Cuda<0>, float>.
+float f(const Tensor<Cuda<0>, float>& t) {
+#ifdef TESSERA_EXPECT_FAIL
+  return t.at(0);
+#else
+  return to<Host>(t).at(0);
+#endif
+}
+
+#elif defined(TESSERA_CASE_cuda_tensor_data)
+// expect-gcc: tessera::Tensor<tessera::Cuda<1>, tessera::bf16>. has no member named .data.
+// expect-clang: no member named .data. in .tessera::Tensor<tessera::Cuda<1>>.
+const bf16* f(const Tensor<Cuda<1>, bf16>& t, const Tensor<Host, bf16>& host) {
+#ifdef TESSERA_EXPECT_FAIL
+  (void)host;
+  return t.data();
+#else
+  (void)t;
+  return host.data();
+#endif
+}
+
+#elif defined(TESSERA_CASE_cuda_tensor_span)
+// span() is a constrained member today (requires is_cpu_v<D>), so the
+// diagnostic is a failed constraint rather than a missing member; both name
+// the device and either is accepted.
+// expect-gcc: (tessera::Tensor<tessera::Cuda<0>, float>. has no member named .span.|no matching function for call to .tessera::Tensor<tessera::Cuda<0>, float>::span\(\).)
+// expect-clang: (no member named .span. in .tessera::Tensor<tessera::Cuda<0>, float>.|no matching member function for call to .span.)
+// expect-clang: Cuda<0>
+std::size_t f(Tensor<Cuda<0>, float>& t) {
+#ifdef TESSERA_EXPECT_FAIL
+  return t.span().size();
+#else
+  return to<Host>(t).span().size();
+#endif
+}
+
+#elif defined(TESSERA_CASE_cuda_view_at)
+// A slice of a device tensor is still on the device.
+// expect-gcc: tessera::TensorView<tessera::Cuda<0>, const float>. has no member named .at.
+// expect-clang: no member named .at. in .tessera::TensorView<tessera::Cuda<0>, const float>.
+float f(const Tensor<Cuda<0>, float>& t) {
+#ifdef TESSERA_EXPECT_FAIL
+  return t.slice(0, 1, 2).at(0, 0);
+#else
+  return to<Host>(t.slice(0, 1, 2)).at(0, 0);
+#endif
+}
+
+#elif defined(TESSERA_CASE_cuda_tensor_from_host_values)
+// Host values become a device tensor only through to<>.
+// expect: no matching function for call to
+// expect: constraints not satisfied
+// expect-gcc: tessera::Tensor<tessera::Cuda<0>, float>::from\(
+// expect-gcc: is_cpu_v<D> .with D = tessera::Cuda<0>.. evaluated to .false.
+// expect-clang: is_cpu_v<tessera::Cuda<0> ?>. evaluated to false
+Tensor<Cuda<0>, float> f() {
+#ifdef TESSERA_EXPECT_FAIL
+  return Tensor<Cuda<0>, float>::from({1.0f, 2.0f}, {2});
+#else
+  return to<Cuda<0>>(Tensor<Host, float>::from({1.0f, 2.0f}, {2}));
+#endif
+}
+
+#else
+#error "no TESSERA_CASE_<name> selected"
+#endif
