@@ -4,8 +4,23 @@ find_package(Threads REQUIRED)
 find_package(OpenMP COMPONENTS CXX)
 
 # OpenBLAS: its CMake package (Debian ships one), then pkg-config.
+# With OpenMP, prefer Debian's OpenMP build of OpenBLAS: the pthread build
+# keeps its own thread pool, and its threads and idle-spinning OpenMP threads
+# from tessera's loops take each other's cores (a GEMM right after a parallel
+# loop measured 13x slower). Sharing libgomp's pool avoids that.
 if(NOT TARGET tessera::openblas)
-  find_package(OpenBLAS CONFIG QUIET)
+  set(_tessera_openblas_omp_dir /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp/cmake/openblas)
+  if(TARGET OpenMP::OpenMP_CXX AND CMAKE_LIBRARY_ARCHITECTURE AND EXISTS ${_tessera_openblas_omp_dir})
+    # A build tree configured before the OpenMP build was installed caches
+    # the other one; look again.
+    if(OpenBLAS_DIR AND NOT OpenBLAS_DIR MATCHES "openblas-openmp")
+      unset(OpenBLAS_DIR CACHE)
+    endif()
+    find_package(OpenBLAS CONFIG QUIET NO_DEFAULT_PATH PATHS ${_tessera_openblas_omp_dir})
+  endif()
+  if(NOT OpenBLAS_FOUND)
+    find_package(OpenBLAS CONFIG QUIET)
+  endif()
   if(OpenBLAS_FOUND AND OpenBLAS_LIBRARIES)
     add_library(tessera::openblas INTERFACE IMPORTED)
     set_target_properties(tessera::openblas PROPERTIES
@@ -22,7 +37,15 @@ if(NOT TARGET tessera::openblas)
         INTERFACE_LINK_LIBRARIES PkgConfig::TESSERA_OPENBLAS)
     else()
       message(FATAL_ERROR "tessera needs OpenBLAS (cblas_sgemm) and did not find it. "
-                          "On Debian/Ubuntu: apt-get install libopenblas-dev")
+                          "On Debian/Ubuntu: apt-get install libopenblas-openmp-dev")
     endif()
+  endif()
+endif()
+
+if(OpenBLAS_LIBRARIES)
+  message(STATUS "tessera: OpenBLAS ${OpenBLAS_LIBRARIES}")
+  if(TARGET OpenMP::OpenMP_CXX AND NOT OpenBLAS_LIBRARIES MATCHES "openmp")
+    message(WARNING "tessera: OpenBLAS is not the OpenMP build; with OpenMP loops in tessera the two "
+                    "thread pools compete for cores. On Debian/Ubuntu: apt-get install libopenblas-openmp-dev")
   endif()
 endif()
