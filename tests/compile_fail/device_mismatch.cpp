@@ -8,8 +8,12 @@
 // against the compiler's whole output; `.` stands for quote characters, which
 // differ between compilers and locales). Otherwise it is the correct twin,
 // which must compile. See tests/compile_fail/CMakeLists.txt.
+#include <cstdint>
+
 #include <tessera/tessera.hpp>
 #include <tessera/ops/elementwise.hpp>
+#include <tessera/ops/reduce.hpp>
+#include <tessera/ops/shape.hpp>
 
 using namespace tessera;
 
@@ -105,6 +109,35 @@ void f(const Tensor<Cpu<0>, float>& a, const Tensor<Cpu<0>, bf16>& b) {
   auto c = ops::add(a, ops::cast<float>(b));
 #endif
   (void)c;
+}
+
+#elif defined(TESSERA_CASE_concat_two_cpu_slots)
+// §2.6 #2: vision embeddings on one device spliced into the text embeddings
+// on another (the variadic concat gates its operands like every op).
+// expect: operands live on different devices
+// expect: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+void f(const Tensor<Cpu<0>, float>& text_embeds, const Tensor<Cpu<1>, float>& vision_embeds) {
+#ifdef TESSERA_EXPECT_FAIL
+  auto c = ops::concat(0, text_embeds, vision_embeds);
+#else
+  auto c = ops::concat(0, text_embeds, to<Cpu<0>>(vision_embeds));
+#endif
+  (void)c;
+}
+
+#elif defined(TESSERA_CASE_topk_on_integers)
+// Top-k sampling over token ids instead of logits: selections need a
+// floating-point tensor, said in one static_assert.
+// expect: ops::argmax / ops::topk need a float, bf16 or f16 tensor
+void f(const Tensor<Cpu<0>, std::int32_t>& token_ids, const Tensor<Cpu<0>, float>& logits) {
+#ifdef TESSERA_EXPECT_FAIL
+  (void)logits;
+  auto best = ops::topk(token_ids, 4);
+#else
+  (void)token_ids;
+  auto best = ops::topk(logits, 4);
+#endif
+  (void)best;
 }
 
 #else

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include <tessera/tessera.hpp>
+#include <tessera/ops/attention.hpp>
 #include <tessera/ops/embedding.hpp>
 #include <tessera/ops/rope.hpp>
 
@@ -38,6 +39,23 @@ void f(const Tensor<Cpu<1>, float>& q, const Tensor<Cpu<0>, std::int64_t>& posit
 #endif
   auto q_embed = ops::apply_rope(q, tables.cos, tables.sin);
   (void)q_embed;
+}
+
+#elif defined(TESSERA_CASE_attention_cu_seqlens_on_host)
+// Variable-length attention with the cumulative sequence lengths built by
+// the processor on the host and never moved next to q, k and v.
+// expect: operands live on different devices
+// expect: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+void f(const Tensor<Cuda<0>, bf16>& q, const Tensor<Cuda<0>, bf16>& k, const Tensor<Cuda<0>, bf16>& v,
+       const Tensor<Host, std::int32_t>& cu_seqlens) {
+  const ops::AttentionOptions causal{.mask = ops::MaskKind::Causal};
+#ifdef TESSERA_EXPECT_FAIL
+  auto out = ops::attention(q, k, v, cu_seqlens, cu_seqlens, causal);
+#else
+  const auto cu = to<Cuda<0>>(cu_seqlens);
+  auto out = ops::attention(q, k, v, cu, cu, causal);
+#endif
+  (void)out;
 }
 
 #else

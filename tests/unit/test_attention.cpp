@@ -222,18 +222,6 @@ TYPED_TEST(Attention, VarlenMatchesReferenceAndSeparateRuns) {
   }
 }
 
-// Expects `fn` to throw E whose what() contains every one of `parts`.
-template <class E, class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an exception mentioning " << *parts.begin();
-  } catch (const E& e) {
-    const std::string what = e.what();
-    for (const auto& part : parts) EXPECT_NE(what.find(part), std::string::npos) << "'" << part << "' not in: " << what;
-  }
-}
-
 TYPED_TEST(Attention, ShapeErrorsNameTheOpAndArgument) {
   using D = typename TypeParam::device;
   using T = typename TypeParam::dtype;

@@ -14,25 +14,6 @@ template <class C>
 class Matmul : public ::testing::Test {};
 TYPED_TEST_SUITE(Matmul, FloatConfigs, ConfigName);
 
-// Error model of one output element y = sum_k a_k b_k:
-// - the inputs are exact (the reference reads the rounded host inputs);
-// - the sum is accumulated in float. The probabilistic bound for a float dot
-//   product (Higham & Mary 2019) is about sqrt(K) * 2^-24 * sum_k |a_k b_k|,
-//   and sum_k |a_k b_k| is about K/4 for inputs uniform in [-1, 1]. That is
-//   atol: measured with OpenBLAS, the worst element of 96x96 outputs uses
-//   ~25% of it at K <= 65 and ~15% at K = 300 (any summation order fits);
-// - half types round the float result once to T: at most 2^-8 (bf16) or
-//   2^-11 (f16) of the value. That is rtol (+10%); it is relative because the
-//   rounding is, so small outputs are not excused by the output's scale.
-template <class T>
-Tolerance<T> matmul_tolerance(std::int64_t k) {
-  const double terms = static_cast<double>(std::max<std::int64_t>(k, 1));
-  const double accumulate = std::sqrt(terms) * std::ldexp(1.0, -24) * (terms / 4.0 + 1.0);
-  if constexpr (std::is_same_v<T, float>) return {accumulate, 1e-6};
-  else if constexpr (std::is_same_v<T, bf16>) return {accumulate, 1.1 * std::ldexp(1.0, -8)};
-  else return {accumulate, 1.1 * std::ldexp(1.0, -11)};
-}
-
 // out[batch, i, j] = sum_k a[batch, i, k] * b[batch or shared, k, j], in double.
 // a is [..., M, K] and b [..., K, N] or [K, N], both row-major doubles.
 std::vector<double> reference_matmul(const std::vector<double>& a, const Shape& sa, const std::vector<double>& b,
@@ -76,7 +57,7 @@ void expect_matmul(const Shape& sa, const Shape& sb, FA view_a, FB view_b, const
   expected_shape.push_back(rb.dim(-1));
   ASSERT_EQ(out.shape(), expected_shape) << what;
   const auto expected = reference_matmul(to_doubles(ra), ra.shape(), to_doubles(rb), rb.shape());
-  EXPECT_TRUE(all_close<T>(to_doubles(out), expected, matmul_tolerance<T>(ra.dim(-1))))
+  EXPECT_TRUE(all_close<T>(to_doubles(out), expected, gemm_tolerance<T>(ra.dim(-1))))
       << what << ": " << ra.shape() << " @ " << rb.shape();
 }
 
@@ -153,17 +134,6 @@ TYPED_TEST(Matmul, EmptyDimensions) {
   for (double v : to_doubles(out)) EXPECT_EQ(v, 0.0);
 }
 
-// Expects `fn` to throw a ShapeError whose message contains every fragment.
-template <class Fn>
-void expect_shape_error(Fn&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a ShapeError";
-  } catch (const ShapeError& e) {
-    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-  }
-}
-
 TYPED_TEST(Matmul, ShapeErrorsNameTheOpAndShapes) {
   using D = typename TypeParam::device;
   using T = typename TypeParam::dtype;
@@ -178,23 +148,6 @@ TYPED_TEST(Matmul, ShapeErrorsNameTheOpAndShapes) {
   // A batched b needs a's exact batch dimensions (no broadcasting of a).
   const auto a2 = to<D>(random_tensor<T>({3, 4}));
   expect_shape_error([&] { (void)ops::matmul(a2, b_wrong_batch); }, {"ops::matmul", "[3, 4]", "[3, 4, 6]"});
-}
-
-// x @ weight^T + bias, in double.
-std::vector<double> reference_linear(const std::vector<double>& x, const std::vector<double>& w,
-                                     const std::vector<double>* bias, std::int64_t in, std::int64_t out) {
-  const std::int64_t rows = static_cast<std::int64_t>(x.size()) / in;
-  std::vector<double> y(static_cast<std::size_t>(rows * out));
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t o = 0; o < out; ++o) {
-      double sum = bias ? (*bias)[static_cast<std::size_t>(o)] : 0.0;
-      for (std::int64_t i = 0; i < in; ++i) {
-        sum += x[static_cast<std::size_t>(r * in + i)] * w[static_cast<std::size_t>(o * in + i)];
-      }
-      y[static_cast<std::size_t>(r * out + o)] = sum;
-    }
-  }
-  return y;
 }
 
 TYPED_TEST(Matmul, LinearWithAndWithoutBias) {
@@ -220,10 +173,10 @@ TYPED_TEST(Matmul, LinearWithAndWithoutBias) {
       ASSERT_EQ(biased.shape(), expected_shape);
       // The bias adds one more term of size <= 1 to the sum: same tolerance.
       EXPECT_TRUE(all_close<T>(to_doubles(plain), reference_linear(dx, dw, nullptr, in, out_features),
-                               matmul_tolerance<T>(in)))
+                               gemm_tolerance<T>(in)))
           << xs << " x [" << out_features << ", " << in << "]";
       EXPECT_TRUE(all_close<T>(to_doubles(biased), reference_linear(dx, dw, &db, in, out_features),
-                               matmul_tolerance<T>(in + 1)))
+                               gemm_tolerance<T>(in + 1)))
           << xs << " x [" << out_features << ", " << in << "] + bias";
     }
   }

@@ -14,34 +14,6 @@ template <class C>
 class NnLinear : public ::testing::Test {};
 TYPED_TEST_SUITE(NnLinear, FloatConfigs, ConfigName);
 
-// Float accumulation over K terms in [-1, 1] plus one rounding to T (see
-// test_matmul.cpp for the derivation).
-template <class T>
-Tolerance<T> gemm_tolerance(std::int64_t k) {
-  const double terms = static_cast<double>(std::max<std::int64_t>(k, 1));
-  const double accumulate = std::sqrt(terms) * std::ldexp(1.0, -24) * (terms / 4.0 + 1.0);
-  if constexpr (std::is_same_v<T, float>) return {accumulate, 1e-6};
-  else if constexpr (std::is_same_v<T, bf16>) return {accumulate, 1.1 * std::ldexp(1.0, -8)};
-  else return {accumulate, 1.1 * std::ldexp(1.0, -11)};
-}
-
-// x @ weight^T (+ bias) in double; x is [rows, in] row-major.
-std::vector<double> reference_linear(const std::vector<double>& x, const std::vector<double>& w,
-                                     const std::vector<double>* bias, std::int64_t in, std::int64_t out) {
-  const std::int64_t rows = static_cast<std::int64_t>(x.size()) / in;
-  std::vector<double> y(static_cast<std::size_t>(rows * out));
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t o = 0; o < out; ++o) {
-      double sum = bias ? (*bias)[static_cast<std::size_t>(o)] : 0.0;
-      for (std::int64_t i = 0; i < in; ++i) {
-        sum += x[static_cast<std::size_t>(r * in + i)] * w[static_cast<std::size_t>(o * in + i)];
-      }
-      y[static_cast<std::size_t>(r * out + o)] = sum;
-    }
-  }
-  return y;
-}
-
 TYPED_TEST(NnLinear, ForwardEqualsOpsLinearAndReference) {
   using D = typename TypeParam::device;
   using T = typename TypeParam::dtype;
@@ -85,17 +57,6 @@ TYPED_TEST(NnLinear, ForwardAcceptsViews) {
   EXPECT_TRUE(all_close<T>(to_doubles(y), reference_linear(to_doubles(hx.slice(1, 4, 5)), to_doubles(hw), nullptr,
                                                            33, 9),
                            gemm_tolerance<T>(33)));
-}
-
-// Expects `fn` to throw a ShapeError whose message contains every fragment.
-template <class Fn>
-void expect_shape_error(Fn&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a ShapeError";
-  } catch (const ShapeError& e) {
-    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-  }
 }
 
 TYPED_TEST(NnLinear, ConstructorAndForwardRejectBadShapes) {

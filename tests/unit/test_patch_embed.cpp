@@ -14,17 +14,8 @@ template <class C>
 class PatchEmbed : public ::testing::Test {};
 TYPED_TEST_SUITE(PatchEmbed, FloatConfigs, ConfigName);
 
-// A patch embedding is a GEMM with K = C*kt*kh*kw: float accumulation error
-// (atol, the probabilistic bound for K terms in [-1, 1]) plus one output
-// rounding for half types (rtol). The derivation is in test_matmul.cpp.
-template <class T>
-Tolerance<T> gemm_tolerance(std::int64_t k) {
-  const double terms = static_cast<double>(std::max<std::int64_t>(k, 1));
-  const double accumulate = std::sqrt(terms) * std::ldexp(1.0, -24) * (terms / 4.0 + 1.0);
-  if constexpr (std::is_same_v<T, float>) return {accumulate, 1e-6};
-  else if constexpr (std::is_same_v<T, bf16>) return {accumulate, 1.1 * std::ldexp(1.0, -8)};
-  else return {accumulate, 1.1 * std::ldexp(1.0, -11)};
-}
+// A patch embedding is a GEMM with K = C*kt*kh*kw, checked with
+// gemm_tolerance (test_util.hpp).
 
 // Sizes of a 3-D patch embedding; a 2-D one is the same with t = kt = 1.
 struct ConvDims {
@@ -143,17 +134,6 @@ TYPED_TEST(PatchEmbed, StridedInputsMatchReference) {
   const auto expected = reference_conv(to_doubles(hx.permute({0, 3, 1, 2})), to_doubles(hw.permute({0, 3, 1, 2})),
                                        nullptr, d);
   EXPECT_TRUE(all_close<T>(to_doubles(out), expected, gemm_tolerance<T>(d.c * d.kh * d.kw)));
-}
-
-// Expects `fn` to throw a ShapeError whose message contains every fragment.
-template <class Fn>
-void expect_shape_error(Fn&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a ShapeError";
-  } catch (const ShapeError& e) {
-    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-  }
 }
 
 TYPED_TEST(PatchEmbed, ShapeErrorsNameTheOpAndSizes) {

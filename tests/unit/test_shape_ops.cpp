@@ -116,18 +116,6 @@ template <AnyTensor X>
   return ::testing::AssertionSuccess();
 }
 
-// Expects `fn` to throw E whose message contains every one of `parts`.
-template <class E, class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an exception";
-  } catch (const E& e) {
-    const std::string what = e.what();
-    for (const auto& p : parts) EXPECT_NE(what.find(p), std::string::npos) << "missing \"" << p << "\" in: " << what;
-  }
-}
-
 const std::vector<Shape> kBaseShapes = {Shape{7}, Shape{3, 5}, Shape{2, 3, 5}, Shape{2, 3, 1, 5}};
 
 // ---- bodies (run for every configuration of both lists) -----------------------

@@ -5,10 +5,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <random>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <tessera/tessera.hpp>
@@ -133,6 +137,63 @@ template <class T>
 ::testing::AssertionResult all_close(const std::vector<double>& actual, const std::vector<double>& expected,
                                      Tolerance<T> tol = default_tolerance<T>()) {
   return all_close(actual, expected, tol.atol, tol.rtol);
+}
+
+// Expects `fn` to throw E (ShapeError, ValueError, ...) whose what() contains
+// every one of `parts`.
+template <class E, class Fn>
+void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an exception mentioning " << (parts.size() ? *parts.begin() : std::string());
+  } catch (const E& e) {
+    const std::string what = e.what();
+    for (const auto& part : parts) EXPECT_NE(what.find(part), std::string::npos) << "'" << part << "' not in: " << what;
+  }
+}
+
+// Expects `fn` to throw a ShapeError whose message contains every fragment.
+template <class Fn>
+void expect_shape_error(Fn&& fn, std::initializer_list<std::string> fragments) {
+  expect_error<ShapeError>(std::forward<Fn>(fn), fragments);
+}
+
+// x @ weight^T (+ bias) in double: x is [rows, in] row-major, weight [out, in].
+inline std::vector<double> reference_linear(const std::vector<double>& x, const std::vector<double>& w,
+                                            const std::vector<double>* bias, std::int64_t in, std::int64_t out) {
+  const std::int64_t rows = static_cast<std::int64_t>(x.size()) / in;
+  std::vector<double> y(static_cast<std::size_t>(rows * out));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t o = 0; o < out; ++o) {
+      double sum = bias ? (*bias)[static_cast<std::size_t>(o)] : 0.0;
+      for (std::int64_t i = 0; i < in; ++i) {
+        sum += x[static_cast<std::size_t>(r * in + i)] * w[static_cast<std::size_t>(o * in + i)];
+      }
+      y[static_cast<std::size_t>(r * out + o)] = sum;
+    }
+  }
+  return y;
+}
+
+// Tolerance of a GEMM (matmul, linear, patch embedding) with K-term dot
+// products, for inputs uniform in [-1, 1]. Error model of one output element
+// y = sum_k a_k b_k:
+// - the inputs are exact (the reference reads the rounded host inputs);
+// - the sum is accumulated in float. The probabilistic bound for a float dot
+//   product (Higham & Mary 2019) is about sqrt(K) * 2^-24 * sum_k |a_k b_k|,
+//   and sum_k |a_k b_k| is about K/4 for inputs uniform in [-1, 1]. That is
+//   atol: measured with OpenBLAS, the worst element of 96x96 outputs uses
+//   ~25% of it at K <= 65 and ~15% at K = 300 (any summation order fits);
+// - half types round the float result once to T: at most 2^-8 (bf16) or
+//   2^-11 (f16) of the value. That is rtol (+10%); it is relative because the
+//   rounding is, so small outputs are not excused by the output's scale.
+template <class T>
+Tolerance<T> gemm_tolerance(std::int64_t k) {
+  const double terms = static_cast<double>(std::max<std::int64_t>(k, 1));
+  const double accumulate = std::sqrt(terms) * std::ldexp(1.0, -24) * (terms / 4.0 + 1.0);
+  if constexpr (std::is_same_v<T, float>) return {accumulate, 1e-6};
+  else if constexpr (std::is_same_v<T, bf16>) return {accumulate, 1.1 * std::ldexp(1.0, -8)};
+  else return {accumulate, 1.1 * std::ldexp(1.0, -11)};
 }
 
 }  // namespace tessera::testing

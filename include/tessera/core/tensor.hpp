@@ -4,8 +4,8 @@
 // The device D is part of the type. There is no conversion between tensors of
 // different devices (the converting constructors are deleted, so the compiler
 // names both types); the only bridge is tessera::to<D2>(t). Host element
-// access (data(), at(), span()) exists only on CPU devices: on a Cuda<N>
-// tensor it is a missing member, not a run-time abort.
+// access (data(), at(), and span() on Tensor) exists only on CPU devices: on a
+// Cuda<N> tensor or view it is a missing member, not a run-time abort.
 #pragma once
 
 #include <algorithm>
@@ -34,13 +34,29 @@ class TensorView;
 
 namespace detail {
 
-// Host element access, mixed into CPU tensors and views only. Derived
-// provides raw(), shape(), strides().
-template <class Derived, class D, class T, class Enable = void>
+// Host element access, mixed into CPU tensors and views only: for any other
+// device the (empty) primary template is used, so data(), at() and span() are
+// missing members there. Derived provides raw(), shape(), strides(), numel().
+//
+// span() (every element, in row-major order) needs contiguous storage, so it
+// is mixed in only where that holds by type (Contiguous = true: Tensor). A
+// view may be strided and has no span(), on any device; read a view with
+// at(), or take tessera::contiguous(v).span().
+template <class Derived, class D, class T, bool Contiguous, class Enable = void>
 class HostElementAccess {};
 
 template <class Derived, class D, class T>
-class HostElementAccess<Derived, D, T, std::enable_if_t<is_cpu_v<D>>> {
+class HostElementAccess<Derived, D, T, true, std::enable_if_t<is_cpu_v<D>>>
+    : public HostElementAccess<Derived, D, T, false> {
+ public:
+  std::span<T> span() noexcept { return {this->self().raw(), static_cast<std::size_t>(this->self().numel())}; }
+  std::span<const T> span() const noexcept {
+    return {this->cself().raw(), static_cast<std::size_t>(this->cself().numel())};
+  }
+};
+
+template <class Derived, class D, class T>
+class HostElementAccess<Derived, D, T, false, std::enable_if_t<is_cpu_v<D>>> {
  public:
   auto* data() noexcept { return self().raw(); }
   auto* data() const noexcept { return cself().raw(); }
@@ -55,10 +71,11 @@ class HostElementAccess<Derived, D, T, std::enable_if_t<is_cpu_v<D>>> {
     return cself().raw()[offset_of({static_cast<std::int64_t>(indices)...})];
   }
 
- private:
+ protected:
   Derived& self() noexcept { return static_cast<Derived&>(*this); }
   const Derived& cself() const noexcept { return static_cast<const Derived&>(*this); }
 
+ private:
   std::int64_t offset_of(std::initializer_list<std::int64_t> idx) const {
     const Shape& shape = cself().shape();
     if (static_cast<int>(idx.size()) != shape.rank()) {
@@ -85,7 +102,7 @@ class HostElementAccess<Derived, D, T, std::enable_if_t<is_cpu_v<D>>> {
 // A non-owning window onto device memory: pointer, shape and element strides.
 // T may be const (a read-only view). Views never extend a tensor's lifetime.
 template <Device D, class T>
-class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T> {
+class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, false> {
   static_assert(DType<std::remove_const_t<T>>,
                 "tessera: TensorView element type must be float, bf16, f16, int32_t or int64_t");
 
@@ -183,14 +200,14 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T> {
   }
 
   // Same elements, new shape; one dimension may be -1 (inferred). Needs a
-  // contiguous view: copy with ops::contiguous first otherwise.
+  // contiguous view: copy with tessera::contiguous first otherwise.
   TensorView reshape(std::initializer_list<std::int64_t> dims) const {
     return reshape(std::span<const std::int64_t>(dims.begin(), dims.size()));
   }
   TensorView reshape(std::span<const std::int64_t> dims) const {
     if (!is_contiguous()) {
       throw ShapeError(detail::concat("reshape of a non-contiguous view ", shape_.to_string(),
-                                      ": call ops::contiguous first"));
+                                      ": call tessera::contiguous first"));
     }
     return {ptr_, infer_shape(dims, numel())};
   }
@@ -251,7 +268,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T> {
 // always explicit (clone() on the same device, to<D2>() to another).
 // The element type defaults to bf16, so Tensor<Cuda<0>> is a bf16 tensor.
 template <Device D, DType T = bf16>
-class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T> {
+class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T, true> {
  public:
   using device_type = D;
   using element_type = T;
@@ -343,8 +360,6 @@ class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T> {
   {
     return from(std::span<const T>(values.begin(), values.size()), shape);
   }
-  std::span<T> span() requires is_cpu_v<D> { return {raw(), static_cast<std::size_t>(numel())}; }
-  std::span<const T> span() const requires is_cpu_v<D> { return {raw(), static_cast<std::size_t>(numel())}; }
 
  private:
   Buffer<D> buffer_;

@@ -9,18 +9,6 @@
 
 #include "common.hpp"
 
-// Parallel loop over rows only when there is enough work to pay for the
-// fork/join (decode-time rows of one token stay serial). Candidate for
-// common.hpp; guarded so that every op header may carry the same definition.
-#if !defined(TESSERA_OMP_PARALLEL_FOR_IF)
-#if defined(_OPENMP)
-#define TESSERA_OMP_PRAGMA_(x) _Pragma(#x)
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond) TESSERA_OMP_PRAGMA_(omp parallel for schedule(static) if(cond))
-#else
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond)
-#endif
-#endif
-
 namespace tessera::ops {
 
 namespace detail::act {
@@ -44,7 +32,7 @@ Tensor<device_of<X>, element_of<X>> unary_activation(const X& x, std::string_vie
   static_assert(FloatType<T>, "tessera: activations need a floating-point tensor (float, bf16 or f16)");
   const auto vx = as_view(x);
   Tensor<D, T> out(vx.shape());
-  if constexpr (is_cpu_v<D>) cpu_unary(out.raw(), vx, fn);
+  if constexpr (is_cpu_v<D>) cpu_unary(out.raw(), vx, fn, kTranscendentalCost);
   else cuda_backend_missing<D>(op);
   return out;
 }
@@ -87,7 +75,9 @@ Tensor<device_of<G>, element_of<G>> swiglu(const G& gate, const U& up) {
                 vu.shape().to_string(), " must have the same shape");
   Tensor<D, T> out(vg.shape());
   if constexpr (is_cpu_v<D>) {
-    detail::cpu_binary(out.raw(), vg.shape(), vg, vu, [](float g, float u) { return detail::act::silu_f(g) * u; });
+    detail::cpu_binary(
+        out.raw(), vg.shape(), vg, vu, [](float g, float u) { return detail::act::silu_f(g) * u; },
+        detail::kTranscendentalCost);
   } else {
     detail::cuda_backend_missing<D>("ops::swiglu");
   }
@@ -120,7 +110,7 @@ Tensor<device_of<X>, element_of<X>> swiglu(const X& gate_up) {
     }
     T* po = out.raw();
     const std::int64_t rows = half == 0 ? 0 : out.numel() / half;
-    TESSERA_OMP_PARALLEL_FOR_IF(rows * half >= (1 << 15))
+    TESSERA_OMP_PARALLEL_FOR_IF(rows * half * detail::kTranscendentalCost >= detail::kParallelMinElements)
     for (std::int64_t r = 0; r < rows; ++r) {
       const T* g = px + r * 2 * half;
       const T* u = g + half;

@@ -49,12 +49,6 @@ namespace detail::attn {
 
 inline constexpr std::string_view kAttentionOp = "ops::attention";
 
-// Throws a ValueError (a bad value, not a bad shape) naming the op.
-template <class... Parts>
-void attention_value_check(bool cond, const Parts&... parts) {
-  if (!cond) throw ValueError(concat(kAttentionOp, ": ", parts...));
-}
-
 struct AttentionDims {
   std::int64_t sq, skv, hq, hkv, dh, dv;
 };
@@ -81,7 +75,7 @@ AttentionDims attention_dims(const VQ& q, const VK& k, const VV& v) {
 
 inline float attention_scale(const AttentionOptions& opt, std::int64_t dh) {
   const float scale = opt.scale.value_or(1.0f / std::sqrt(static_cast<float>(dh)));
-  attention_value_check(std::isfinite(scale), "scale must be finite, got ", scale);
+  check_value(std::isfinite(scale), kAttentionOp, "scale must be finite, got ", scale);
   return scale;
 }
 
@@ -109,13 +103,13 @@ std::vector<std::int64_t> read_cu_seqlens(const VC& cu, std::int64_t tokens, std
   const std::int64_t n = cu.dim(0), stride = cu.stride(0);
   std::vector<std::int64_t> offsets(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) offsets[static_cast<std::size_t>(i)] = cu.raw()[i * stride];
-  attention_value_check(offsets[0] == 0, arg, "[0] is ", offsets[0], "; cumulative sequence lengths start at 0");
+  check_value(offsets[0] == 0, kAttentionOp, arg, "[0] is ", offsets[0], "; cumulative sequence lengths start at 0");
   for (std::size_t i = 1; i < offsets.size(); ++i) {
-    attention_value_check(offsets[i] >= offsets[i - 1], arg, " decreases at index ", i, " (", offsets[i - 1],
-                          " then ", offsets[i], "); cumulative sequence lengths must be non-decreasing");
+    check_value(offsets[i] >= offsets[i - 1], kAttentionOp, arg, " decreases at index ", i, " (", offsets[i - 1],
+                " then ", offsets[i], "); cumulative sequence lengths must be non-decreasing");
   }
-  attention_value_check(offsets.back() == tokens, arg, "[", n - 1, "] (the last entry) is ", offsets.back(),
-                        " but ", tensor, " has ", tokens, " tokens");
+  check_value(offsets.back() == tokens, kAttentionOp, arg, "[", n - 1, "] (the last entry) is ", offsets.back(),
+              " but ", tensor, " has ", tokens, " tokens");
   return offsets;
 }
 
@@ -214,6 +208,16 @@ void attention_head_cpu(T* out, const TensorView<D, const float>& q, const Tenso
   }
 }
 
+// Multiply-adds of the whole problem, every key visible (an upper bound under
+// a causal mask): what decides whether the work items run in parallel, so
+// that decoding against a short cache stays on the calling thread.
+inline std::int64_t attention_work(const std::vector<std::int64_t>& cu_q, const std::vector<std::int64_t>& cu_k,
+                                   std::int64_t heads, std::int64_t macs_per_key) {
+  std::int64_t pairs = 0;
+  for (std::size_t s = 0; s + 1 < cu_q.size(); ++s) pairs += (cu_q[s + 1] - cu_q[s]) * (cu_k[s + 1] - cu_k[s]);
+  return pairs * heads * macs_per_key;
+}
+
 // The CPU reference over all segments (offsets from cu_seqlens, or the single
 // segment {0, S}); one parallel work item per (segment, query head).
 template <class D, class T>
@@ -227,7 +231,7 @@ void attention_cpu(T* out, const TensorView<D, const T>& q, const TensorView<D, 
   const std::int64_t segments = static_cast<std::int64_t>(cu_q.size()) - 1;
   const std::int64_t hq = q.dim(1), group = hq / k.dim(1);
   const std::int64_t items = segments * hq;
-  TESSERA_OMP_PARALLEL_FOR
+  TESSERA_OMP_PARALLEL_FOR_IF(items > 1 && attention_work(cu_q, cu_k, hq, q.dim(2) + v.dim(2)) >= kParallelMinElements)
   for (std::int64_t item = 0; item < items; ++item) {
     const auto s = static_cast<std::size_t>(item / hq);
     const std::int64_t head = item % hq;
@@ -248,18 +252,22 @@ Tensor<device_of<Q>, element_of<Q>> attention(const Q& q, const K& k, const V& v
   require_same_device<D, device_of<K>, device_of<V>>();
   require_same_dtype<T, element_of<K>, element_of<V>>();
   static_assert(FloatType<T>, "tessera: ops::attention needs floating-point q, k and v (float, bf16 or f16)");
-  const auto vq = as_view(q);
-  const auto vk = as_view(k);
-  const auto vv = as_view(v);
-  const auto dims = detail::attn::attention_dims(vq, vk, vv);
-  const float scale = detail::attn::attention_scale(opt, dims.dh);
-  Tensor<D, T> out(Shape{dims.sq, dims.hq, dims.dv});
-  if constexpr (is_cpu_v<D>) {
-    detail::attn::attention_cpu(out.raw(), vq, vk, vv, {0, dims.sq}, {0, dims.skv}, scale, opt.mask);
+  if constexpr (!detail::float_operands_on<D, T, K, V>) {
+    return {};  // a gate above has already failed
   } else {
-    detail::cuda_backend_missing<D>(detail::attn::kAttentionOp);
+    const auto vq = as_view(q);
+    const auto vk = as_view(k);
+    const auto vv = as_view(v);
+    const auto dims = detail::attn::attention_dims(vq, vk, vv);
+    const float scale = detail::attn::attention_scale(opt, dims.dh);
+    Tensor<D, T> out(Shape{dims.sq, dims.hq, dims.dv});
+    if constexpr (is_cpu_v<D>) {
+      detail::attn::attention_cpu(out.raw(), vq, vk, vv, {0, dims.sq}, {0, dims.skv}, scale, opt.mask);
+    } else {
+      detail::cuda_backend_missing<D>(detail::attn::kAttentionOp);
+    }
+    return out;
   }
-  return out;
 }
 
 // Variable-length attention over segments packed back to back: segment s
@@ -277,22 +285,26 @@ Tensor<device_of<Q>, element_of<Q>> attention(const Q& q, const K& k, const V& v
   require_same_dtype<T, element_of<K>, element_of<V>>();
   require_same_dtype<std::int32_t, element_of<CQ>, element_of<CK>>();
   static_assert(FloatType<T>, "tessera: ops::attention needs floating-point q, k and v (float, bf16 or f16)");
-  const auto vq = as_view(q);
-  const auto vk = as_view(k);
-  const auto vv = as_view(v);
-  const auto vcq = as_view(cu_seqlens_q);
-  const auto vck = as_view(cu_seqlens_k);
-  const auto dims = detail::attn::attention_dims(vq, vk, vv);
-  detail::attn::check_cu_seqlens_shapes(vcq, vck);
-  const float scale = detail::attn::attention_scale(opt, dims.dh);
-  if constexpr (is_cpu_v<D>) {
-    const auto offsets_q = detail::attn::read_cu_seqlens(vcq, dims.sq, "cu_seqlens_q", "q");
-    const auto offsets_k = detail::attn::read_cu_seqlens(vck, dims.skv, "cu_seqlens_k", "k");
-    Tensor<D, T> out(Shape{dims.sq, dims.hq, dims.dv});
-    detail::attn::attention_cpu(out.raw(), vq, vk, vv, offsets_q, offsets_k, scale, opt.mask);
-    return out;
+  if constexpr (!(detail::float_operands_on<D, T, K, V> && detail::operands_on<D, std::int32_t, CQ, CK>)) {
+    return {};  // a gate above has already failed
   } else {
-    detail::cuda_backend_missing<D>(detail::attn::kAttentionOp);
+    const auto vq = as_view(q);
+    const auto vk = as_view(k);
+    const auto vv = as_view(v);
+    const auto vcq = as_view(cu_seqlens_q);
+    const auto vck = as_view(cu_seqlens_k);
+    const auto dims = detail::attn::attention_dims(vq, vk, vv);
+    detail::attn::check_cu_seqlens_shapes(vcq, vck);
+    const float scale = detail::attn::attention_scale(opt, dims.dh);
+    if constexpr (is_cpu_v<D>) {
+      const auto offsets_q = detail::attn::read_cu_seqlens(vcq, dims.sq, "cu_seqlens_q", "q");
+      const auto offsets_k = detail::attn::read_cu_seqlens(vck, dims.skv, "cu_seqlens_k", "k");
+      Tensor<D, T> out(Shape{dims.sq, dims.hq, dims.dv});
+      detail::attn::attention_cpu(out.raw(), vq, vk, vv, offsets_q, offsets_k, scale, opt.mask);
+      return out;
+    } else {
+      detail::cuda_backend_missing<D>(detail::attn::kAttentionOp);
+    }
   }
 }
 

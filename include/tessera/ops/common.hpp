@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <string_view>
 #include <type_traits>
@@ -14,10 +15,19 @@
 
 // Parallel loops use OpenMP when the translation unit is built with it and
 // run serially otherwise; no unknown-pragma warnings either way.
+//   TESSERA_OMP_PARALLEL_FOR           always forks (work per iteration is large)
+//   TESSERA_OMP_PARALLEL_FOR_IF(cond)  forks only when cond holds, usually
+//       `work >= detail::kParallelMinElements`; otherwise the loop runs on the
+//       calling thread (an OpenMP `if` clause: no thread is woken). Without
+//       OpenMP cond is not evaluated: a variable or parameter used only there
+//       needs [[maybe_unused]].
 #if defined(_OPENMP)
-#define TESSERA_OMP_PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#define TESSERA_OMP_PRAGMA_(x) _Pragma(#x)
+#define TESSERA_OMP_PARALLEL_FOR TESSERA_OMP_PRAGMA_(omp parallel for schedule(static))
+#define TESSERA_OMP_PARALLEL_FOR_IF(cond) TESSERA_OMP_PRAGMA_(omp parallel for schedule(static) if(cond))
 #else
 #define TESSERA_OMP_PARALLEL_FOR
+#define TESSERA_OMP_PARALLEL_FOR_IF(cond)
 #endif
 
 namespace tessera::ops {
@@ -25,6 +35,20 @@ namespace tessera::ops {
 namespace detail {
 
 using tessera::detail::concat;
+
+// Elements a loop must touch before it is worth running across threads: below
+// this the fork/join (and, on a loaded machine, waiting for cores) costs more
+// than the loop itself, so decode-time work (one token's row, a small add)
+// stays on the calling thread. Used as
+//   TESSERA_OMP_PARALLEL_FOR_IF(rows * n >= detail::kParallelMinElements)
+// for loops doing a few arithmetic operations per element (about 0.5-2 ns).
+inline constexpr std::int64_t kParallelMinElements = std::int64_t{1} << 15;
+
+// Loops that evaluate exp, erf, tanh, sin or cos per element cost about ten
+// times as much per element (measured 4.5-21 ns for SiLU, GELU, softmax and
+// the rotary tables against 0.4-2 ns for add, scale and RMSNorm), so their
+// element count is weighed by this factor against kParallelMinElements.
+inline constexpr std::int64_t kTranscendentalCost = 8;
 
 // Placeholder dispatch for Cuda<N> until the CUDA backend provides a launcher:
 // compiles (so device-generic code type-checks) and fails clearly at run time.
@@ -45,6 +69,72 @@ template <class... Parts>
 void check(bool cond, std::string_view op, const Parts&... parts) {
   if (!cond) throw ShapeError(concat(op, ": ", parts...));
 }
+
+// Throws a ValueError (a bad value, not a bad shape: an id past the
+// vocabulary, k > n, a decreasing offset) unless `cond` holds. The parts are
+// evaluated on every call: pass a Shape, not shape.to_string(), in loops.
+template <class... Parts>
+void check_value(bool cond, std::string_view op, const Parts&... parts) {
+  if (!cond) throw ValueError(concat(op, ": ", parts...));
+}
+
+// operands_on<D, T, X...>: every tensor argument X is on D with element type
+// T; float_operands_on also needs T to be a floating-point type. An op whose
+// gates (require_same_device, require_same_dtype, require_float_type or its
+// own static_assert) have failed returns early under
+//   if constexpr (!float_operands_on<D, T, X...>) return {};  // a gate above has already failed
+// so its body is never instantiated and the gate's static_assert is the only
+// error, not the first of a cascade.
+template <class D, class T, class... X>
+inline constexpr bool operands_on = (... && (same_device<D, device_of<X>> && std::is_same_v<T, element_of<X>>));
+template <class D, class T, class... X>
+inline constexpr bool float_operands_on = FloatType<T> && operands_on<D, T, X...>;
+
+template <class T>
+constexpr void require_float_type() {
+  static_assert(FloatType<T>, "tessera: this op needs floating-point operands (float, bf16 or f16)");
+}
+
+// Element offsets of the rows of a strided operand, where a row is the last
+// dimension and rows are numbered row-major over all the others:
+// `RowOffsets rows(shape, strides); rows(r)` is where row r starts. Computed
+// from the row index alone, so rows may be visited in any order and in
+// parallel, over strided and broadcast (stride 0) operands alike. Leading
+// dimensions are merged up front where one continues the next (and size-1
+// ones dropped), so a contiguous or evenly strided operand costs one multiply
+// per row, and any other one division per remaining dimension.
+class RowOffsets {
+ public:
+  RowOffsets(const Shape& shape, const Strides& strides) {
+    for (int d = 0; d + 1 < shape.rank(); ++d) {
+      const std::int64_t size = shape[d], stride = strides[static_cast<std::size_t>(d)];
+      if (size == 1) continue;
+      if (rank_ > 0 && strides_[static_cast<std::size_t>(rank_ - 1)] == stride * size) {
+        dims_[static_cast<std::size_t>(rank_ - 1)] *= size;  // the outer dimension steps over this one whole
+        strides_[static_cast<std::size_t>(rank_ - 1)] = stride;
+        continue;
+      }
+      dims_[static_cast<std::size_t>(rank_)] = size;
+      strides_[static_cast<std::size_t>(rank_)] = stride;
+      ++rank_;
+    }
+  }
+
+  std::int64_t operator()(std::int64_t row) const {
+    if (rank_ <= 1) return rank_ == 0 ? 0 : row * strides_[0];
+    std::int64_t offset = 0;
+    for (int d = rank_ - 1; d >= 0; --d) {
+      const auto ud = static_cast<std::size_t>(d);
+      offset += (row % dims_[ud]) * strides_[ud];
+      row /= dims_[ud];
+    }
+    return offset;
+  }
+
+ private:
+  std::array<std::int64_t, kMaxRank> dims_{}, strides_{};
+  int rank_ = 0;
+};
 
 // numpy-style broadcast of two shapes (trailing dimensions aligned).
 inline Shape broadcast_shapes(const Shape& a, const Shape& b, std::string_view op) {
@@ -98,13 +188,15 @@ void for_each_offset(const Shape& shape, const std::array<Strides, K>& strides, 
 }
 
 // out[i] = fn(x[i]) in float, for any strided CPU view x; out is contiguous.
+// A contiguous x is processed in parallel when n * cost reaches
+// kParallelMinElements (cost: kTranscendentalCost when fn calls exp & co.).
 template <class TOut, class V, class Fn>
-void cpu_unary(TOut* out, const V& x, Fn&& fn) {
+void cpu_unary(TOut* out, const V& x, Fn&& fn, [[maybe_unused]] std::int64_t cost = 1) {
   using TIn = typename V::value_type;
   const auto* src = x.raw();
   if (x.is_contiguous()) {
     const std::int64_t n = x.numel();
-    TESSERA_OMP_PARALLEL_FOR
+    TESSERA_OMP_PARALLEL_FOR_IF(n * cost >= kParallelMinElements)
     for (std::int64_t i = 0; i < n; ++i) out[i] = from_float<TOut>(fn(to_float<TIn>(src[i])));
     return;
   }
@@ -114,15 +206,17 @@ void cpu_unary(TOut* out, const V& x, Fn&& fn) {
 }
 
 // out = fn(a, b) with broadcasting, in float; out is contiguous with shape `shape`.
+// Parallel as cpu_unary when a and b are contiguous and of that shape.
 template <class TOut, class VA, class VB, class Fn>
-void cpu_binary(TOut* out, const Shape& shape, const VA& a, const VB& b, Fn&& fn) {
+void cpu_binary(TOut* out, const Shape& shape, const VA& a, const VB& b, Fn&& fn,
+                [[maybe_unused]] std::int64_t cost = 1) {
   using TA = typename VA::value_type;
   using TB = typename VB::value_type;
   const auto* pa = a.raw();
   const auto* pb = b.raw();
   if (a.shape() == shape && b.shape() == shape && a.is_contiguous() && b.is_contiguous()) {
     const std::int64_t n = shape.numel();
-    TESSERA_OMP_PARALLEL_FOR
+    TESSERA_OMP_PARALLEL_FOR_IF(n * cost >= kParallelMinElements)
     for (std::int64_t i = 0; i < n; ++i) out[i] = from_float<TOut>(fn(to_float<TA>(pa[i]), to_float<TB>(pb[i])));
     return;
   }

@@ -7,18 +7,6 @@
 
 #include "common.hpp"
 
-// Parallel loop over rows only when there is enough work to pay for the
-// fork/join (decode-time rows of one token stay serial). Candidate for
-// common.hpp; guarded so that every op header may carry the same definition.
-#if !defined(TESSERA_OMP_PARALLEL_FOR_IF)
-#if defined(_OPENMP)
-#define TESSERA_OMP_PRAGMA_(x) _Pragma(#x)
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond) TESSERA_OMP_PRAGMA_(omp parallel for schedule(static) if(cond))
-#else
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond)
-#endif
-#endif
-
 namespace tessera::ops {
 
 // Gathers rows of table [V, H] (any float dtype) by ids (int32 or int64, any
@@ -52,17 +40,15 @@ Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
     });
     for (std::size_t k = 0; k < flat.size(); ++k) {
       const std::int64_t id = flat[k];
-      if (id < 0 || id >= vocab) {
-        throw ValueError(detail::concat("ops::embedding: id ", id, " at position ", k, " of ids ",
-                                        vi.shape().to_string(), " is out of range for a table of ", vocab,
-                                        " rows (valid ids are 0..", vocab - 1, ")"));
-      }
+      detail::check_value(id >= 0 && id < vocab, "ops::embedding", "id ", id, " at position ", k, " of ids ",
+                          vi.shape(), " is out of range for a table of ", vocab, " rows (valid ids are 0..",
+                          vocab - 1, ")");
     }
     const T* pt = vt.raw();
     const std::int64_t ts0 = vt.stride(0), ts1 = vt.stride(1);
     T* po = out.raw();
     const auto count = static_cast<std::int64_t>(flat.size());
-    TESSERA_OMP_PARALLEL_FOR_IF(count * hidden >= (1 << 15))
+    TESSERA_OMP_PARALLEL_FOR_IF(count * hidden >= detail::kParallelMinElements)
     for (std::int64_t k = 0; k < count; ++k) {
       const T* src = pt + flat[static_cast<std::size_t>(k)] * ts0;
       T* dst = po + k * hidden;

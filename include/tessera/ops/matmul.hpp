@@ -37,18 +37,6 @@ namespace tessera::ops {
 
 namespace detail {
 
-// True when every tensor argument X is on D with element type T and T is a
-// floating-point type: the op body is instantiated only then, so a mismatch
-// reports the one static_assert of the gates and no cascade of follow-ups.
-template <class D, class T, class... X>
-inline constexpr bool float_operands_on = FloatType<T> && (... && (same_device<D, device_of<X>> &&
-                                                                   std::is_same_v<T, element_of<X>>));
-
-template <class T>
-constexpr void require_float_type() {
-  static_assert(FloatType<T>, "tessera: matrix products need float, bf16 or f16 operands");
-}
-
 // How BLAS reads the trailing [rows, cols] matrix of a view: row-major
 // (NoTrans, element (i, j) at i*ld + j) or its transpose (Trans, at j*ld + i).
 struct GemmLayout {

@@ -9,40 +9,9 @@
 
 #include "common.hpp"
 
-// Parallel loop over rows only when there is enough work to pay for the
-// fork/join (decode-time rows of one token stay serial). Candidate for
-// common.hpp; guarded so that every op header may carry the same definition.
-#if !defined(TESSERA_OMP_PARALLEL_FOR_IF)
-#if defined(_OPENMP)
-#define TESSERA_OMP_PRAGMA_(x) _Pragma(#x)
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond) TESSERA_OMP_PRAGMA_(omp parallel for schedule(static) if(cond))
-#else
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond)
-#endif
-#endif
-
 namespace tessera::ops {
 
 namespace detail::norms {
-
-// Element offset of the first element of every row of `v` (a row is the last
-// dimension), in row-major order of the leading dimensions.
-template <class V>
-std::vector<std::int64_t> row_starts(const V& v) {
-  const int rank = v.rank();
-  if (rank <= 1) return std::vector<std::int64_t>(1, 0);
-  Shape lead;
-  Strides lead_strides{};
-  for (int i = 0; i < rank - 1; ++i) {
-    lead.push_back(v.shape()[i]);
-    lead_strides[static_cast<std::size_t>(i)] = v.strides()[static_cast<std::size_t>(i)];
-  }
-  std::vector<std::int64_t> starts(static_cast<std::size_t>(lead.numel()));
-  for_each_offset<1>(lead, {lead_strides}, [&](std::int64_t i, const auto& off) {
-    starts[static_cast<std::size_t>(i)] = off[0];
-  });
-  return starts;
-}
 
 // Strided element access: unit stride is a template constant so the common
 // contiguous case vectorises.
@@ -110,31 +79,35 @@ Tensor<device_of<X>, element_of<X>> rms_norm(const X& x, const W& weight, double
   require_same_device<D, device_of<W>>();
   require_same_dtype<T, element_of<W>>();
   static_assert(FloatType<T>, "tessera: ops::rms_norm needs a floating-point tensor (float, bf16 or f16)");
-  const auto vx = as_view(x);
-  const auto vw = as_view(weight);
-  detail::check(vx.rank() >= 1, "ops::rms_norm", "x must have rank >= 1, got shape ", vx.shape().to_string());
-  detail::norms::check_norm_param(vx, vw, "ops::rms_norm", "weight");
-  Tensor<D, T> out(vx.shape());
-  if constexpr (is_cpu_v<D>) {
-    const std::int64_t n = vx.dim(-1);
-    const auto starts = detail::norms::row_starts(vx);
-    const auto rows = static_cast<std::int64_t>(starts.size());
-    const std::int64_t xs = vx.stride(-1), ws = vw.stride(0);
-    const float feps = static_cast<float>(eps);
-    const T* px = vx.raw();
-    const T* pw = vw.raw();
-    T* po = out.raw();
-    if (n == 0) return out;
-    TESSERA_OMP_PARALLEL_FOR_IF(rows * n >= (1 << 15))
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* row = px + starts[static_cast<std::size_t>(r)];
-      if (xs == 1 && ws == 1) detail::norms::rms_norm_row<true>(po + r * n, row, xs, pw, ws, n, feps);
-      else detail::norms::rms_norm_row<false>(po + r * n, row, xs, pw, ws, n, feps);
-    }
+  if constexpr (!detail::float_operands_on<D, T, W>) {
+    return {};  // a gate above has already failed
   } else {
-    detail::cuda_backend_missing<D>("ops::rms_norm");
+    const auto vx = as_view(x);
+    const auto vw = as_view(weight);
+    detail::check(vx.rank() >= 1, "ops::rms_norm", "x must have rank >= 1, got shape ", vx.shape().to_string());
+    detail::norms::check_norm_param(vx, vw, "ops::rms_norm", "weight");
+    Tensor<D, T> out(vx.shape());
+    if constexpr (is_cpu_v<D>) {
+      const std::int64_t n = vx.dim(-1);
+      if (n == 0) return out;
+      const detail::RowOffsets row_offset(vx.shape(), vx.strides());
+      const std::int64_t rows = vx.numel() / n;
+      const std::int64_t xs = vx.stride(-1), ws = vw.stride(0);
+      const float feps = static_cast<float>(eps);
+      const T* px = vx.raw();
+      const T* pw = vw.raw();
+      T* po = out.raw();
+      TESSERA_OMP_PARALLEL_FOR_IF(rows * n >= detail::kParallelMinElements)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const T* row = px + row_offset(r);
+        if (xs == 1 && ws == 1) detail::norms::rms_norm_row<true>(po + r * n, row, xs, pw, ws, n, feps);
+        else detail::norms::rms_norm_row<false>(po + r * n, row, xs, pw, ws, n, feps);
+      }
+    } else {
+      detail::cuda_backend_missing<D>("ops::rms_norm");
+    }
+    return out;
   }
-  return out;
 }
 
 // The pre-norm decoder pattern, fused into one pass over each row:
@@ -150,39 +123,43 @@ Tensor<D, T> add_rms_norm(const H& hidden, Tensor<D, T>& residual, const W& weig
   require_same_device<D, device_of<H>, device_of<W>>();
   require_same_dtype<T, element_of<H>, element_of<W>>();
   static_assert(FloatType<T>, "tessera: ops::add_rms_norm needs a floating-point tensor (float, bf16 or f16)");
-  const auto vh = as_view(hidden);
-  const auto vw = as_view(weight);
-  detail::check(vh.shape() == residual.shape(), "ops::add_rms_norm", "hidden ", vh.shape().to_string(),
-                " and residual ", residual.shape().to_string(), " differ");
-  detail::check(residual.rank() >= 1, "ops::add_rms_norm", "residual must have rank >= 1, got shape ",
-                residual.shape().to_string());
-  detail::norms::check_norm_param(residual.view(), vw, "ops::add_rms_norm", "weight");
-  Tensor<D, T> out(residual.shape());
-  if constexpr (is_cpu_v<D>) {
-    const std::int64_t n = residual.dim(-1);
-    if (n == 0) return out;
-    const auto starts = detail::norms::row_starts(vh);
-    const auto rows = static_cast<std::int64_t>(starts.size());
-    const std::int64_t hs = vh.stride(-1), ws = vw.stride(0);
-    const float feps = static_cast<float>(eps);
-    const T* ph = vh.raw();
-    const T* pw = vw.raw();
-    T* pr = residual.raw();
-    T* po = out.raw();
-    TESSERA_OMP_PARALLEL_FOR_IF(rows * n >= (1 << 15))
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* hrow = ph + starts[static_cast<std::size_t>(r)];
-      T* rrow = pr + r * n;
-      for (std::int64_t i = 0; i < n; ++i) {
-        rrow[i] = detail::from_float<T>(detail::to_float(rrow[i]) + detail::to_float(hrow[i * hs]));
-      }
-      if (ws == 1) detail::norms::rms_norm_row<true>(po + r * n, rrow, 1, pw, ws, n, feps);
-      else detail::norms::rms_norm_row<false>(po + r * n, rrow, 1, pw, ws, n, feps);
-    }
+  if constexpr (!detail::float_operands_on<D, T, H, W>) {
+    return {};  // a gate above has already failed
   } else {
-    detail::cuda_backend_missing<D>("ops::add_rms_norm");
+    const auto vh = as_view(hidden);
+    const auto vw = as_view(weight);
+    detail::check(vh.shape() == residual.shape(), "ops::add_rms_norm", "hidden ", vh.shape().to_string(),
+                  " and residual ", residual.shape().to_string(), " differ");
+    detail::check(residual.rank() >= 1, "ops::add_rms_norm", "residual must have rank >= 1, got shape ",
+                  residual.shape().to_string());
+    detail::norms::check_norm_param(residual.view(), vw, "ops::add_rms_norm", "weight");
+    Tensor<D, T> out(residual.shape());
+    if constexpr (is_cpu_v<D>) {
+      const std::int64_t n = residual.dim(-1);
+      if (n == 0) return out;
+      const detail::RowOffsets row_offset(vh.shape(), vh.strides());
+      const std::int64_t rows = vh.numel() / n;
+      const std::int64_t hs = vh.stride(-1), ws = vw.stride(0);
+      const float feps = static_cast<float>(eps);
+      const T* ph = vh.raw();
+      const T* pw = vw.raw();
+      T* pr = residual.raw();
+      T* po = out.raw();
+      TESSERA_OMP_PARALLEL_FOR_IF(rows * n >= detail::kParallelMinElements)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const T* hrow = ph + row_offset(r);
+        T* rrow = pr + r * n;
+        for (std::int64_t i = 0; i < n; ++i) {
+          rrow[i] = detail::from_float<T>(detail::to_float(rrow[i]) + detail::to_float(hrow[i * hs]));
+        }
+        if (ws == 1) detail::norms::rms_norm_row<true>(po + r * n, rrow, 1, pw, ws, n, feps);
+        else detail::norms::rms_norm_row<false>(po + r * n, rrow, 1, pw, ws, n, feps);
+      }
+    } else {
+      detail::cuda_backend_missing<D>("ops::add_rms_norm");
+    }
+    return out;
   }
-  return out;
 }
 
 // LayerNorm over the last dimension, as torch.nn.LayerNorm with an affine
@@ -198,47 +175,51 @@ Tensor<device_of<X>, element_of<X>> layer_norm(const X& x, const W& weight, cons
   require_same_device<D, device_of<W>, device_of<B>>();
   require_same_dtype<T, element_of<W>, element_of<B>>();
   static_assert(FloatType<T>, "tessera: ops::layer_norm needs a floating-point tensor (float, bf16 or f16)");
-  const auto vx = as_view(x);
-  const auto vw = as_view(weight);
-  const auto vb = as_view(bias);
-  detail::check(vx.rank() >= 1, "ops::layer_norm", "x must have rank >= 1, got shape ", vx.shape().to_string());
-  detail::norms::check_norm_param(vx, vw, "ops::layer_norm", "weight");
-  detail::norms::check_norm_param(vx, vb, "ops::layer_norm", "bias");
-  Tensor<D, T> out(vx.shape());
-  if constexpr (is_cpu_v<D>) {
-    const std::int64_t n = vx.dim(-1);
-    if (n == 0) return out;
-    const auto starts = detail::norms::row_starts(vx);
-    const auto rows = static_cast<std::int64_t>(starts.size());
-    const std::int64_t xs = vx.stride(-1), ws = vw.stride(0), bs = vb.stride(0);
-    const float feps = static_cast<float>(eps);
-    const T* px = vx.raw();
-    const T* pw = vw.raw();
-    const T* pb = vb.raw();
-    T* po = out.raw();
-    TESSERA_OMP_PARALLEL_FOR_IF(rows * n >= (1 << 15))
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* row = px + starts[static_cast<std::size_t>(r)];
-      const auto identity = [](double v) { return v; };
-      const double mean_d = (xs == 1 ? detail::norms::row_sum<true>(row, xs, n, identity)
-                                     : detail::norms::row_sum<false>(row, xs, n, identity)) /
-                            static_cast<double>(n);
-      const auto centred_sq = [mean_d](double v) { return (v - mean_d) * (v - mean_d); };
-      const double sum_sq = xs == 1 ? detail::norms::row_sum<true>(row, xs, n, centred_sq)
-                                    : detail::norms::row_sum<false>(row, xs, n, centred_sq);
-      const auto mean = static_cast<float>(mean_d);
-      const float inv_std = 1.0f / std::sqrt(static_cast<float>(sum_sq / static_cast<double>(n)) + feps);
-      T* orow = po + r * n;
-      for (std::int64_t i = 0; i < n; ++i) {
-        const float y = (detail::to_float(row[i * xs]) - mean) * inv_std * detail::to_float(pw[i * ws]) +
-                        detail::to_float(pb[i * bs]);
-        orow[i] = detail::from_float<T>(y);
-      }
-    }
+  if constexpr (!detail::float_operands_on<D, T, W, B>) {
+    return {};  // a gate above has already failed
   } else {
-    detail::cuda_backend_missing<D>("ops::layer_norm");
+    const auto vx = as_view(x);
+    const auto vw = as_view(weight);
+    const auto vb = as_view(bias);
+    detail::check(vx.rank() >= 1, "ops::layer_norm", "x must have rank >= 1, got shape ", vx.shape().to_string());
+    detail::norms::check_norm_param(vx, vw, "ops::layer_norm", "weight");
+    detail::norms::check_norm_param(vx, vb, "ops::layer_norm", "bias");
+    Tensor<D, T> out(vx.shape());
+    if constexpr (is_cpu_v<D>) {
+      const std::int64_t n = vx.dim(-1);
+      if (n == 0) return out;
+      const detail::RowOffsets row_offset(vx.shape(), vx.strides());
+      const std::int64_t rows = vx.numel() / n;
+      const std::int64_t xs = vx.stride(-1), ws = vw.stride(0), bs = vb.stride(0);
+      const float feps = static_cast<float>(eps);
+      const T* px = vx.raw();
+      const T* pw = vw.raw();
+      const T* pb = vb.raw();
+      T* po = out.raw();
+      TESSERA_OMP_PARALLEL_FOR_IF(rows * n >= detail::kParallelMinElements)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const T* row = px + row_offset(r);
+        const auto identity = [](double v) { return v; };
+        const double mean_d = (xs == 1 ? detail::norms::row_sum<true>(row, xs, n, identity)
+                                       : detail::norms::row_sum<false>(row, xs, n, identity)) /
+                              static_cast<double>(n);
+        const auto centred_sq = [mean_d](double v) { return (v - mean_d) * (v - mean_d); };
+        const double sum_sq = xs == 1 ? detail::norms::row_sum<true>(row, xs, n, centred_sq)
+                                      : detail::norms::row_sum<false>(row, xs, n, centred_sq);
+        const auto mean = static_cast<float>(mean_d);
+        const float inv_std = 1.0f / std::sqrt(static_cast<float>(sum_sq / static_cast<double>(n)) + feps);
+        T* orow = po + r * n;
+        for (std::int64_t i = 0; i < n; ++i) {
+          const float y = (detail::to_float(row[i * xs]) - mean) * inv_std * detail::to_float(pw[i * ws]) +
+                          detail::to_float(pb[i * bs]);
+          orow[i] = detail::from_float<T>(y);
+        }
+      }
+    } else {
+      detail::cuda_backend_missing<D>("ops::layer_norm");
+    }
+    return out;
   }
-  return out;
 }
 
 }  // namespace tessera::ops

@@ -41,16 +41,6 @@ inline Shape leading_shape(const Shape& s) {
   return out;
 }
 
-// Element offset of row `row` (row-major over the leading dimensions).
-inline std::int64_t row_offset(std::int64_t row, const Shape& shape, const Strides& strides) {
-  std::int64_t offset = 0;
-  for (int d = shape.rank() - 2; d >= 0; --d) {
-    offset += (row % shape[d]) * strides[static_cast<std::size_t>(d)];
-    row /= shape[d];
-  }
-  return offset;
-}
-
 inline bool is_nan(float v) { return v != v; }
 
 // The bits of an element widened to float (exact for bf16 and f16).
@@ -195,12 +185,8 @@ void topk_row(const T* row, std::int64_t n, std::int64_t stride, std::int64_t k,
 // Calls fn(r) for every row, in parallel when there are several rows and
 // enough work to pay for starting threads (one vocabulary row stays serial).
 template <class Fn>
-void for_each_row(std::int64_t rows, std::int64_t n, const Fn& fn) {
-  if (rows == 1 || rows * n < (std::int64_t{1} << 15)) {
-    for (std::int64_t r = 0; r < rows; ++r) fn(r);
-    return;
-  }
-  TESSERA_OMP_PARALLEL_FOR
+void for_each_row(std::int64_t rows, [[maybe_unused]] std::int64_t n, const Fn& fn) {
+  TESSERA_OMP_PARALLEL_FOR_IF(rows > 1 && rows * n >= kParallelMinElements)
   for (std::int64_t r = 0; r < rows; ++r) fn(r);
 }
 
@@ -233,10 +219,9 @@ Tensor<device_of<X>, std::int64_t> argmax(const X& x) {
     std::int64_t* dst = out.raw();
     const std::int64_t rows = out.numel();
     const std::int64_t stride = v.strides()[static_cast<std::size_t>(v.rank() - 1)];
-    const Shape shape = v.shape();
-    const Strides strides = v.strides();
+    const detail::RowOffsets row_offset(v.shape(), v.strides());
     const auto one_row = [&](std::int64_t r) {
-      dst[r] = detail::reduce_ops::argmax_row(src + detail::reduce_ops::row_offset(r, shape, strides), n, stride);
+      dst[r] = detail::reduce_ops::argmax_row(src + row_offset(r), n, stride);
     };
     detail::reduce_ops::for_each_row(rows, n, one_row);
   } else {
@@ -259,10 +244,8 @@ TopK<device_of<X>, element_of<X>> topk(const X& x, std::int64_t k) {
   const TensorView<D, const T> v = as_view(x);
   detail::check(v.rank() >= 1, op, "needs a tensor of rank >= 1, got a scalar");
   const std::int64_t n = v.shape()[-1];
-  if (k < 0 || k > n) {
-    throw ValueError(detail::concat(op, ": k = ", k, " is out of range for the last dimension of ",
-                                    v.shape().to_string(), " (n = ", n, "); need 0 <= k <= n"));
-  }
+  detail::check_value(k >= 0 && k <= n, op, "k = ", k, " is out of range for the last dimension of ", v.shape(),
+                      " (n = ", n, "); need 0 <= k <= n");
   Shape out_shape = detail::reduce_ops::leading_shape(v.shape());
   const std::int64_t rows = out_shape.numel();
   out_shape.push_back(k);
@@ -272,14 +255,12 @@ TopK<device_of<X>, element_of<X>> topk(const X& x, std::int64_t k) {
     T* values = out.values.raw();
     std::int64_t* indices = out.indices.raw();
     const std::int64_t stride = v.strides()[static_cast<std::size_t>(v.rank() - 1)];
-    const Shape shape = v.shape();
-    const Strides strides = v.strides();
+    const detail::RowOffsets row_offset(v.shape(), v.strides());
     if (k > 0) {
       const auto one_row = [&](std::int64_t r) {
         std::vector<detail::reduce_ops::Entry> heap;
         heap.reserve(static_cast<std::size_t>(k));
-        detail::reduce_ops::topk_row(src + detail::reduce_ops::row_offset(r, shape, strides), n, stride, k, heap,
-                                     values + r * k, indices + r * k);
+        detail::reduce_ops::topk_row(src + row_offset(r), n, stride, k, heap, values + r * k, indices + r * k);
       };
       detail::reduce_ops::for_each_row(rows, n, one_row);
     }

@@ -15,18 +15,6 @@
 
 #include "common.hpp"
 
-// Parallel loop over rows only when there is enough work to pay for the
-// fork/join (decode-time rows of one token stay serial). Candidate for
-// common.hpp; guarded so that every op header may carry the same definition.
-#if !defined(TESSERA_OMP_PARALLEL_FOR_IF)
-#if defined(_OPENMP)
-#define TESSERA_OMP_PRAGMA_(x) _Pragma(#x)
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond) TESSERA_OMP_PRAGMA_(omp parallel for schedule(static) if(cond))
-#else
-#define TESSERA_OMP_PARALLEL_FOR_IF(cond)
-#endif
-#endif
-
 namespace tessera::ops {
 
 // cos and sin tables for apply_rope, both float32 [S, rot_dim], row s for the
@@ -79,7 +67,7 @@ RopeTables<device_of<P>> rope_tables(const P& positions, std::int64_t rot_dim, d
     const std::int64_t ps = vp.stride(0);
     float* pc = tables.cos.raw();
     float* psn = tables.sin.raw();
-    TESSERA_OMP_PARALLEL_FOR_IF(seq * rot_dim >= (1 << 15))
+    TESSERA_OMP_PARALLEL_FOR_IF(seq * rot_dim * detail::kTranscendentalCost >= detail::kParallelMinElements)
     for (std::int64_t s = 0; s < seq; ++s) {
       const auto p = static_cast<float>(pos[s * ps]);
       float* crow = pc + s * rot_dim;
@@ -146,7 +134,7 @@ Tensor<device_of<X>, element_of<X>> apply_rope(const X& x, const C& cos, const S
     const TC* ps = vs.raw();
     T* po = out.raw();
     const std::int64_t rows = seq * heads;
-    TESSERA_OMP_PARALLEL_FOR_IF(rows * dh >= (1 << 15))
+    TESSERA_OMP_PARALLEL_FOR_IF(rows * dh >= detail::kParallelMinElements)
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t s = r / heads, h = r % heads;
       const T* xr = px + s * xs0 + h * xs1;

@@ -9,10 +9,10 @@
 #pragma once
 
 #include <array>
-#include <cstring>
 #include <initializer_list>
 #include <ranges>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -53,113 +53,12 @@ inline std::string list_string(std::span<const int> values) {
   return s + "]";
 }
 
-// Copies the elements of a `shape`-shaped strided source into a strided
-// destination, element for element (the two strides describe the same
-// logical shape). Runs along the last dimension are memcpy'd when both are
-// unit-stride. When the destination's last dimension is unit-stride but the
-// source's is not, and another source dimension is unit-stride (a
-// transpose), the copy goes in square tiles so both sides stay in cache.
-template <class T>
-void copy_strided(T* dst, const Strides& dst_strides, const T* src, const Strides& src_strides,
-                  const Shape& shape) {
-  const int rank = shape.rank();
-  if (shape.numel() == 0) return;
-  if (rank == 0) {
-    *dst = *src;
-    return;
-  }
-  const auto last = static_cast<std::size_t>(rank - 1);
-  // Tiled path: find the source's unit-stride dimension other than the last.
-  int unit = -1;
-  if (rank >= 2 && dst_strides[last] == 1 && src_strides[last] != 1 && shape[rank - 1] > 1) {
-    for (int d = rank - 2; d >= 0; --d) {
-      if (src_strides[static_cast<std::size_t>(d)] == 1 && shape[d] > 1) {
-        unit = d;
-        break;
-      }
-    }
-  }
-  if (unit >= 0) {
-    // Outer dimensions: all but `unit` and the last, walked with an odometer.
-    std::array<std::int64_t, kMaxRank> odims{}, ods{}, oss{}, index{};
-    int orank = 0;
-    for (int d = 0; d < rank - 1; ++d) {
-      if (d == unit) continue;
-      const auto ud = static_cast<std::size_t>(d);
-      const auto uo = static_cast<std::size_t>(orank++);
-      odims[uo] = shape[d];
-      ods[uo] = dst_strides[ud];
-      oss[uo] = src_strides[ud];
-    }
-    const std::int64_t rows = shape[unit], cols = shape[rank - 1];
-    const std::int64_t dst_row = dst_strides[static_cast<std::size_t>(unit)];
-    const std::int64_t src_col = src_strides[last];
-    std::int64_t outer = 1;
-    for (int d = 0; d < orank; ++d) outer *= odims[static_cast<std::size_t>(d)];
-    constexpr std::int64_t kTile = 8;  // measured best of 4..64 for 2-, 4- and 8-byte elements
-    std::int64_t doff = 0, soff = 0;
-    for (std::int64_t o = 0; o < outer; ++o) {
-      T* dbase = dst + doff;
-      const T* sbase = src + soff;
-      for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
-        const std::int64_t r1 = std::min(rows, r0 + kTile);
-        for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
-          const std::int64_t c1 = std::min(cols, c0 + kTile);
-          for (std::int64_t r = r0; r < r1; ++r) {
-            T* drow = dbase + r * dst_row;
-            const T* scol = sbase + r;
-            for (std::int64_t c = c0; c < c1; ++c) drow[c] = scol[c * src_col];
-          }
-        }
-      }
-      for (int d = orank - 1; d >= 0; --d) {
-        const auto ud = static_cast<std::size_t>(d);
-        doff += ods[ud];
-        soff += oss[ud];
-        if (++index[ud] < odims[ud]) break;
-        doff -= ods[ud] * odims[ud];
-        soff -= oss[ud] * odims[ud];
-        index[ud] = 0;
-      }
-    }
-    return;
-  }
-  // Row path: odometer over all but the last dimension, one run per row.
-  const std::int64_t inner = shape[rank - 1];
-  const std::int64_t dstep = dst_strides[last], sstep = src_strides[last];
-  std::array<std::int64_t, kMaxRank> index{};
-  std::int64_t doff = 0, soff = 0;
-  for (std::int64_t row = 0, rows = shape.numel() / inner; row < rows; ++row) {
-    T* d = dst + doff;
-    const T* s = src + soff;
-    if (dstep == 1 && sstep == 1) {
-      std::memcpy(d, s, static_cast<std::size_t>(inner) * sizeof(T));
-    } else {
-      for (std::int64_t i = 0; i < inner; ++i) d[i * dstep] = s[i * sstep];
-    }
-    for (int dd = rank - 2; dd >= 0; --dd) {
-      const auto ud = static_cast<std::size_t>(dd);
-      doff += dst_strides[ud];
-      soff += src_strides[ud];
-      if (++index[ud] < shape[dd]) break;
-      doff -= dst_strides[ud] * shape[dd];
-      soff -= src_strides[ud] * shape[dd];
-      index[ud] = 0;
-    }
-  }
-}
-
 // A new contiguous tensor holding the elements of `view` in row-major order.
 template <Device D, DType T>
 Tensor<D, T> materialize(const TensorView<D, const T>& view, std::string_view op) {
   Tensor<D, T> out(view.shape());
   if constexpr (is_cpu_v<D>) {
-    if (view.is_contiguous()) {
-      // The plain contiguous case is exactly tessera::contiguous's memcpy.
-      tessera::detail::gather_strided(out.raw(), view.raw(), view.shape(), view.strides());
-    } else {
-      copy_strided(out.raw(), contiguous_strides(view.shape()), view.raw(), view.strides(), view.shape());
-    }
+    tessera::detail::gather_strided(out.raw(), view.raw(), view.shape(), view.strides());
   } else {
     cuda_backend_missing<D>(op);
   }
@@ -209,8 +108,8 @@ Tensor<D, T> concat_views(std::span<const TensorView<D, const T>> inputs, int ax
     const Strides out_strides = contiguous_strides(out_shape);
     std::int64_t start = 0;
     for (const auto& in : inputs) {
-      copy_strided(out.raw() + start * out_strides[static_cast<std::size_t>(a)], out_strides, in.raw(), in.strides(),
-                   in.shape());
+      tessera::detail::copy_strided(out.raw() + start * out_strides[static_cast<std::size_t>(a)], out_strides,
+                                    in.raw(), in.strides(), in.shape());
       start += in.shape()[a];
     }
   } else {
@@ -270,8 +169,12 @@ Tensor<device_of<First>, element_of<First>> concat(int axis, const First& first,
   using T = element_of<First>;
   require_same_device<D, device_of<Rest>...>();
   require_same_dtype<T, element_of<Rest>...>();
-  const std::array<TensorView<D, const T>, 1 + sizeof...(Rest)> views{as_view(first), as_view(rest)...};
-  return detail::shape_ops::concat_views<D, T>(std::span<const TensorView<D, const T>>(views), axis);
+  if constexpr (!detail::operands_on<D, T, Rest...>) {
+    return {};  // a gate above has already failed
+  } else {
+    const std::array<TensorView<D, const T>, 1 + sizeof...(Rest)> views{as_view(first), as_view(rest)...};
+    return detail::shape_ops::concat_views<D, T>(std::span<const TensorView<D, const T>>(views), axis);
+  }
 }
 
 // ---- split -------------------------------------------------------------------

@@ -35,18 +35,6 @@ inline bool softmax_mask_fits(const Shape& from, const Shape& to) {
   return true;
 }
 
-// Element offset of row `row` (row-major over all dimensions but the last).
-// Computed from the row index, so rows can be processed in any order (and in
-// parallel) over strided and broadcast operands alike.
-inline std::int64_t softmax_row_offset(std::int64_t row, const Shape& shape, const Strides& strides) {
-  std::int64_t offset = 0;
-  for (int d = shape.rank() - 2; d >= 0; --d) {
-    offset += (row % shape[d]) * strides[static_cast<std::size_t>(d)];
-    row /= shape[d];
-  }
-  return offset;
-}
-
 // Softmax of one row of n scores x[j * xs] + mask[j * ms] (mask may be null)
 // into out[0, n). The first pass is the online softmax (running max and a
 // sum rescaled whenever the max grows), so the row is read twice, not three
@@ -88,10 +76,10 @@ void softmax_rows_cpu(typename V::value_type* out, const V& x, const M* mask, co
   const std::int64_t xs = x.strides()[static_cast<std::size_t>(shape.rank() - 1)];
   const std::int64_t ms = mask_strides[static_cast<std::size_t>(shape.rank() - 1)];
   const auto* src = x.raw();
-  TESSERA_OMP_PARALLEL_FOR
+  const RowOffsets x_row(shape, x.strides()), mask_row(shape, mask_strides);
+  TESSERA_OMP_PARALLEL_FOR_IF(rows > 1 && rows * n * kTranscendentalCost >= kParallelMinElements)
   for (std::int64_t r = 0; r < rows; ++r) {
-    const M* mask_row = mask ? mask + softmax_row_offset(r, shape, mask_strides) : nullptr;
-    softmax_row(out + r * n, src + softmax_row_offset(r, shape, x.strides()), xs, mask_row, ms, n);
+    softmax_row(out + r * n, src + x_row(r), xs, mask ? mask + mask_row(r) : nullptr, ms, n);
   }
 }
 
