@@ -6,8 +6,10 @@ import sys
 
 
 def rate(bench):
-    if "GFLOP/s" in bench:
-        return f"{bench['GFLOP/s'] / 1e9:.1f} GFLOP/s" if bench["GFLOP/s"] > 1e6 else f"{bench['GFLOP/s']:.1f} GFLOP/s"
+    if "GFLOP/s" in bench:  # counter already in GFLOP/s (bench_matmul.cpp)
+        return f"{bench['GFLOP/s']:.1f} GFLOP/s"
+    if "FLOP/s" in bench:  # counter in FLOP/s (bench_attention.cpp)
+        return f"{bench['FLOP/s'] / 1e9:.2f} GFLOP/s"
     if "bytes_per_second" in bench:
         return f"{bench['bytes_per_second'] / 1e9:.2f} GB/s"
     if "items_per_second" in bench:
