@@ -172,6 +172,27 @@ TEST(Transfer, CudaWithoutABackendFailsClearly) {
   }
 }
 
+TEST(Tensor, EmptyAndMovedFromTensorsAreRefusedNotDereferenced) {
+  Tensor<Cpu<1>, float> empty;
+  EXPECT_TRUE(empty.empty());
+  try {
+    (void)to<Host>(empty);
+    FAIL() << "expected a ValueError";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("empty Tensor<Cpu<1>, float32>"), std::string::npos) << e.what();
+  }
+  auto source = iota({2, 3});
+  const auto target = std::move(source);
+  EXPECT_TRUE(source.empty());  // NOLINT(bugprone-use-after-move): the state after a move is the point
+  EXPECT_EQ(source.numel(), 1) << "a moved-from tensor has shape [], like a default one";
+  EXPECT_THROW((void)contiguous(source), ValueError);
+  EXPECT_THROW((void)source.slice(0, 0, 1), ValueError);
+  EXPECT_EQ(target.at(1, 2), 5);
+  const auto scalar = Tensor<Host, float>::full(Shape{}, 2.5f);  // rank 0 is not empty
+  EXPECT_FALSE(scalar.empty());
+  EXPECT_EQ(to<Cpu<1>>(scalar).at(), 2.5f);
+}
+
 // ---- the memory ledger ------------------------------------------------------------
 TEST(Ledger, TracksLiveAndPeakBytesPerDevice) {
   auto& l = ledger<Cpu<5>>();

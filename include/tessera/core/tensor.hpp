@@ -279,8 +279,13 @@ class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T, true> {
   explicit Tensor(Shape shape)
       : buffer_(static_cast<std::size_t>(shape.numel()) * sizeof(T)), shape_(shape) {}
 
-  Tensor(Tensor&&) noexcept = default;
-  Tensor& operator=(Tensor&&) noexcept = default;
+  // A moved-from tensor is empty (no storage, shape []), like a default one.
+  Tensor(Tensor&& other) noexcept : buffer_(std::move(other.buffer_)), shape_(std::exchange(other.shape_, Shape{})) {}
+  Tensor& operator=(Tensor&& other) noexcept {
+    buffer_ = std::move(other.buffer_);
+    shape_ = std::exchange(other.shape_, Shape{});
+    return *this;
+  }
   Tensor(const Tensor&) = delete;
   Tensor& operator=(const Tensor&) = delete;
 
@@ -307,12 +312,15 @@ class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T, true> {
   std::int64_t dim(int i) const { return shape_[i]; }
   std::int64_t numel() const noexcept { return shape_.numel(); }
   std::size_t bytes() const noexcept { return static_cast<std::size_t>(numel()) * sizeof(T); }
+  // True for a default-constructed or moved-from tensor: it has no storage.
   bool empty() const noexcept { return buffer_.get() == nullptr; }
 
-  TensorView<D, T> view() noexcept { return {raw(), shape_}; }
-  TensorView<D, const T> view() const noexcept { return {raw(), shape_}; }
-  operator TensorView<D, T>() noexcept { return view(); }              // NOLINT: same device only
-  operator TensorView<D, const T>() const noexcept { return view(); }  // NOLINT: same device only
+  // Views (and so every op, which reads its arguments through views) refuse
+  // an empty tensor rather than read through a null pointer.
+  TensorView<D, T> view() { return {checked_raw(), shape_}; }
+  TensorView<D, const T> view() const { return {checked_raw(), shape_}; }
+  operator TensorView<D, T>() { return view(); }              // NOLINT: same device only
+  operator TensorView<D, const T>() const { return view(); }  // NOLINT: same device only
 
   // Shorthands for the view operations.
   TensorView<D, T> slice(int axis, std::int64_t start, std::int64_t stop) { return view().slice(axis, start, stop); }
@@ -362,6 +370,14 @@ class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T, true> {
   }
 
  private:
+  T* checked_raw() const {
+    if (empty()) {
+      throw ValueError(detail::concat("use of an empty Tensor<", device_name<D>(), ", ", dtype_name<T>(),
+                                      "> (default-constructed or moved-from)"));
+    }
+    return static_cast<T*>(buffer_.get());
+  }
+
   Buffer<D> buffer_;
   Shape shape_;
 };
