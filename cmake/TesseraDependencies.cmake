@@ -3,6 +3,13 @@
 find_package(Threads REQUIRED)
 find_package(OpenMP COMPONENTS CXX)
 
+# nlohmann/json parses safetensors headers and config files (io/).
+find_package(nlohmann_json 3.10 QUIET)
+if(NOT nlohmann_json_FOUND)
+  message(FATAL_ERROR "tessera needs nlohmann_json >= 3.10 and did not find it. "
+                      "On Debian/Ubuntu: apt-get install nlohmann-json3-dev")
+endif()
+
 # OpenBLAS: its CMake package (Debian ships one), then pkg-config.
 # With OpenMP, prefer Debian's OpenMP build of OpenBLAS: the pthread build
 # keeps its own thread pool, and its threads and idle-spinning OpenMP threads

@@ -52,6 +52,19 @@ class DeviceError : public Error {
   using Error::Error;
 };
 
+// A file whose contents are malformed (a safetensors header, a config, ...).
+// The message names the file and, where it applies, the entry and byte offset.
+class FormatError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A file that cannot be opened, mapped, read or written.
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 // Builds a message from streamable parts: concat("op ", name, " got ", n).
 template <class... Parts>
