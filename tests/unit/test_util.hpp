@@ -26,11 +26,13 @@ struct Config {
   using dtype = T;
 };
 
-// Every op test runs on two CPU slots (so nothing silently assumes Cpu<0>)
-// and on Cuda<0>, which is skipped when no CUDA device and backend exist.
+// Every op test runs on two CPU slots (so nothing silently assumes Cpu<0>),
+// on Cuda<0>, and on Cuda<1> (a second GPU, or a second logical device on
+// GPU 0 under TESSERA_CUDA_DEVICES=0,0, so nothing assumes the current or
+// first device); CUDA cases are skipped when no backend or device exists.
 using FloatConfigs = ::testing::Types<Config<Cpu<0>, float>, Config<Cpu<0>, bf16>, Config<Cpu<0>, f16>,
                                       Config<Cpu<1>, float>, Config<Cuda<0>, float>, Config<Cuda<0>, bf16>,
-                                      Config<Cuda<0>, f16>>;
+                                      Config<Cuda<0>, f16>, Config<Cuda<1>, bf16>>;
 
 // Names typed-test instances "Cpu<0>/bf16" instead of "0", "1", ...
 struct ConfigName {
@@ -46,7 +48,7 @@ bool device_available() {
   if constexpr (is_cpu_v<D>) {
     return true;
   } else {
-#if defined(TESSERA_HAS_CUDA_BACKEND)
+#if defined(TESSERA_WITH_CUDA)
     return cuda::device_count() > D::index;
 #else
     return false;

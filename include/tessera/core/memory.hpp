@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <ostream>
@@ -142,8 +143,21 @@ inline void print_memory_report(std::ostream& os) {
   }
 }
 
-// Raw memory of a device kind. The CUDA specialisation arrives with the CUDA
-// backend; until then allocating on a Cuda<N> fails with a DeviceError.
+// With TESSERA_POISON_ALLOCATIONS=1 every new tensor's bytes are set to 0xFF
+// (NaN for float, bf16 and f16; -1 for integers) before anything writes them,
+// so an op that leaves an output element unwritten is caught by the tests,
+// which turn it on. It costs a memset per allocation.
+inline bool poison_allocations() {
+  static const bool on = [] {
+    const char* env = std::getenv("TESSERA_POISON_ALLOCATIONS");
+    return env != nullptr && *env != '\0' && !(env[0] == '0' && env[1] == '\0');
+  }();
+  return on;
+}
+
+// Raw memory of a device kind. The CUDA specialisation is in core/cuda.hpp
+// (included at the end of this header in CUDA builds); without the CUDA
+// backend, allocating on a Cuda<N> fails with a DeviceError.
 template <Device D, class Enable = void>
 struct Allocator;
 
@@ -154,12 +168,13 @@ struct Allocator<D, std::enable_if_t<is_cpu_v<D>>> {
     const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + alignment - 1) / alignment * alignment;
     void* p = std::aligned_alloc(alignment, rounded);
     if (!p) ledger<D>().throw_backend_out_of_memory(bytes);
+    if (poison_allocations()) std::memset(p, 0xFF, rounded);
     return p;
   }
   static void deallocate(void* p, std::size_t) noexcept { std::free(p); }
 };
 
-#if !defined(TESSERA_HAS_CUDA_BACKEND)
+#if !defined(TESSERA_WITH_CUDA)
 template <Device D>
 struct Allocator<D, std::enable_if_t<is_cuda_v<D>>> {
   [[noreturn]] static void* allocate(std::size_t bytes) {
@@ -213,3 +228,9 @@ class Buffer {
 };
 
 }  // namespace tessera
+
+// The CUDA runtime and the Cuda<N> allocator. Included last: cuda.hpp
+// includes this header first, so either include order sees the ledger.
+#if defined(TESSERA_WITH_CUDA)
+#include "cuda.hpp"
+#endif

@@ -12,6 +12,11 @@
 
 #include "../core/tensor.hpp"
 #include "../core/transfer.hpp"
+#include "cuda/launch.hpp"
+
+#if defined(TESSERA_WITH_CUDA)
+#include "../core/cuda.hpp"
+#endif
 
 // Parallel loops use OpenMP when the translation unit is built with it and
 // run serially otherwise; no unknown-pragma warnings either way.
@@ -50,13 +55,70 @@ inline constexpr std::int64_t kParallelMinElements = std::int64_t{1} << 15;
 // element count is weighed by this factor against kParallelMinElements.
 inline constexpr std::int64_t kTranscendentalCost = 8;
 
-// Placeholder dispatch for Cuda<N> until the CUDA backend provides a launcher:
-// compiles (so device-generic code type-checks) and fails clearly at run time.
+// What an op does on Cuda<N> in a build without the CUDA backend (no nvcc,
+// or TESSERA_CUDA=OFF): compiles, so device-generic code type-checks, and
+// fails clearly at run time.
 template <Device D>
 [[noreturn]] void cuda_backend_missing(std::string_view op) {
   throw DeviceError(concat(op, " on ", device_name<D>(),
-                           ": this build of tessera has no CUDA backend (build with TESSERA_CUDA=ON "
-                           "once the CUDA backend is available)"));
+                           ": this build of tessera has no CUDA backend (configure with TESSERA_CUDA=ON "
+                           "and link tessera::cuda)"));
+}
+
+// The CUDA branch of every op: resolves the logical device D to its context
+// (stream, cuBLASLt handle, physical device; a missing device is a
+// DeviceError naming it), makes that physical device current for the
+// duration, and calls launch(const cuda::LaunchContext&). Work is enqueued on
+// D's stream and runs asynchronously; to<Host>(t) waits for it.
+template <Device D, class Launch>
+void cuda_launch(std::string_view op, Launch&& launch) {
+#if defined(TESSERA_WITH_CUDA)
+  (void)op;
+  const cuda::LaunchContext& ctx = cuda::launch_context<D>();
+  const cuda::DeviceGuard guard(ctx.physical_device);
+  launch(ctx);
+#else
+  (void)launch;
+  cuda_backend_missing<D>(op);
+#endif
+}
+
+// A read-only device pointer to `view`'s elements in row-major order: the
+// view itself when it is contiguous, otherwise a packed copy it owns (made
+// on the view's device). Kernels that take plain row-major operands use it
+// for strided inputs.
+template <Device D, class T>
+class PackedOperand {
+ public:
+  explicit PackedOperand(const TensorView<D, const T>& view) {
+    if (view.is_contiguous()) {
+      ptr_ = view.raw();
+    } else {
+      storage_ = contiguous(view);
+      ptr_ = storage_.raw();
+    }
+  }
+  const T* get() const noexcept { return ptr_; }
+
+ private:
+  Tensor<D, T> storage_;
+  const T* ptr_ = nullptr;
+};
+
+template <AnyTensor X>
+PackedOperand<device_of<X>, element_of<X>> packed(const X& x) {
+  return PackedOperand<device_of<X>, element_of<X>>(as_view(x));
+}
+
+// A tessera shape and strides as the POD the kernels take.
+inline cuda::StridedLayout strided_layout(const Shape& shape, const Strides& strides) {
+  cuda::StridedLayout l;
+  l.rank = shape.rank();
+  for (int d = 0; d < shape.rank(); ++d) {
+    l.shape[d] = shape[d];
+    l.strides[d] = strides[static_cast<std::size_t>(d)];
+  }
+  return l;
 }
 
 template <class T>

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "cuda/shape.cuh"
 
 namespace tessera::ops {
 
@@ -53,6 +54,16 @@ inline std::string list_string(std::span<const int> values) {
   return s + "]";
 }
 
+// Copies `shape`-shaped elements between two strided layouts on a CUDA
+// device (the kernel in ops/cuda/shape.cuh moves bits, so any dtype).
+template <class T>
+void cuda_copy_strided(const cuda::LaunchContext& ctx, T* dst, const Strides& dst_strides, const T* src,
+                       const Strides& src_strides, const Shape& shape) {
+  using E = cuda::bits_t<T>;
+  cuda::launch_copy_strided<E>(ctx, reinterpret_cast<E*>(dst), strided_layout(shape, dst_strides),
+                               reinterpret_cast<const E*>(src), strided_layout(shape, src_strides));
+}
+
 // A new contiguous tensor holding the elements of `view` in row-major order.
 template <Device D, DType T>
 Tensor<D, T> materialize(const TensorView<D, const T>& view, std::string_view op) {
@@ -60,7 +71,9 @@ Tensor<D, T> materialize(const TensorView<D, const T>& view, std::string_view op
   if constexpr (is_cpu_v<D>) {
     tessera::detail::gather_strided(out.raw(), view.raw(), view.shape(), view.strides());
   } else {
-    cuda_backend_missing<D>(op);
+    cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+      cuda_copy_strided(ctx, out.raw(), out.strides(), view.raw(), view.strides(), view.shape());
+    });
   }
   return out;
 }
@@ -104,16 +117,26 @@ Tensor<D, T> concat_views(std::span<const TensorView<D, const T>> inputs, int ax
   }
   out_shape[a] = total;
   Tensor<D, T> out(out_shape);
-  if constexpr (is_cpu_v<D>) {
-    const Strides out_strides = contiguous_strides(out_shape);
+  const Strides out_strides = contiguous_strides(out_shape);
+  // Each input lands in its slab of the output: the output's strides, offset
+  // by where the slab starts along the concat axis.
+  const auto copy_inputs = [&](auto&& copy) {
     std::int64_t start = 0;
     for (const auto& in : inputs) {
-      tessera::detail::copy_strided(out.raw() + start * out_strides[static_cast<std::size_t>(a)], out_strides,
-                                    in.raw(), in.strides(), in.shape());
+      copy(out.raw() + start * out_strides[static_cast<std::size_t>(a)], in);
       start += in.shape()[a];
     }
+  };
+  if constexpr (is_cpu_v<D>) {
+    copy_inputs([&](T* dst, const TensorView<D, const T>& in) {
+      tessera::detail::copy_strided(dst, out_strides, in.raw(), in.strides(), in.shape());
+    });
   } else {
-    cuda_backend_missing<D>(op);
+    cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+      copy_inputs([&](T* dst, const TensorView<D, const T>& in) {
+        cuda_copy_strided(ctx, dst, out_strides, in.raw(), in.strides(), in.shape());
+      });
+    });
   }
   return out;
 }
