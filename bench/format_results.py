@@ -6,6 +6,10 @@ import sys
 
 
 def rate(bench):
+    # GPU benchmarks (bench/cuda/) set rate counters computed from GPU time.
+    for counter in ("TFLOP/s", "GB/s"):
+        if counter in bench:
+            return f"{bench[counter]:.2f} {counter}"
     if "GFLOP/s" in bench:  # counter already in GFLOP/s (bench_matmul.cpp)
         return f"{bench['GFLOP/s']:.1f} GFLOP/s"
     if "FLOP/s" in bench:  # counter in FLOP/s (bench_attention.cpp)
@@ -17,10 +21,22 @@ def rate(bench):
     return ""
 
 
+def gpu_name():
+    try:
+        import subprocess
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        return out.splitlines()[0] if out else None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main(path):
     with open(path) as f:
         data = json.load(f)
     ctx = data["context"]
+    if "--gpu" in sys.argv:
+        print(f"GPU: {gpu_name() or 'unknown (nvidia-smi failed)'}")
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -42,4 +58,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main([a for a in sys.argv[1:] if not a.startswith("--")][0])
