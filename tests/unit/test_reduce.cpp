@@ -211,6 +211,24 @@ TYPED_TEST(Reduce, NaNIsTheMaximum) {
   check_against_reference(x.transpose(0, 1), h.transpose(0, 1), {1, 5});
 }
 
+TYPED_TEST(Reduce, VocabularySizedRows) {
+  using D = typename TypeParam::device;
+  using T = typename TypeParam::dtype;
+  TESSERA_SKIP_UNLESS_AVAILABLE(D);
+  // Rows as long as a 151936-entry vocabulary (long-row code paths): random
+  // values (many ties once rounded to bf16/f16), a tied maximum in row 0 and
+  // NaNs late in row 1 (the first one wins).
+  constexpr std::int64_t n = 151936;
+  auto h = random_tensor<T>({2, n});
+  h.raw()[100000] = convert<T>(2.0f);
+  h.raw()[140000] = convert<T>(2.0f);
+  h.raw()[n + 150000] = convert<T>(kNaN);
+  h.raw()[n + n - 1] = convert<T>(kNaN);
+  const auto x = to<D>(h);
+  EXPECT_EQ(indices_of(to<Host>(ops::argmax(x))), (std::vector<std::int64_t>{100000, 150000}));
+  check_against_reference(x, h, {1, 2, 1000});  // k = 1 is an argmax on CUDA, k >= 2 a sort
+}
+
 TYPED_TEST(Reduce, KEdgeCasesAndErrors) {
   using D = typename TypeParam::device;
   using T = typename TypeParam::dtype;

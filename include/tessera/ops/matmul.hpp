@@ -14,7 +14,14 @@
 // team spinning after a parallel region right before the GEMM would take
 // their cores (measured on 2 shared cores: a 256^3 float linear with a
 // parallel bias fill took 13 ms instead of 1 ms).
-// CUDA launchers: ops/cuda/matmul.cuh (CUDA backend issue).
+// CUDA: cuBLASLt (ops/cuda/matmul.cuh) with float accumulation and float
+// alpha/beta, so bf16/f16 products are rounded once to T as here; float is
+// true fp32 (no TF32). The same views are multiplied without copies:
+// operands with a unit stride in one of their last two dimensions are read
+// in place (as GEMM transposes where needed), batch dimensions with any
+// strides are walked as strided batches (stride 0 for a shared b), and only
+// operands with neither unit stride are packed first. The bias is added in
+// cuBLASLt's epilogue (or preset into the output, beta = 1), in float.
 #pragma once
 
 // OpenBLAS's config header uses C99 _Complex, which clang's -Wpedantic
@@ -32,6 +39,7 @@
 #include <optional>
 
 #include "common.hpp"
+#include "cuda/matmul.cuh"
 
 namespace tessera::ops {
 
@@ -116,16 +124,20 @@ FloatOperand<D> float_operand(const TensorView<D, const T>& v) {
 // Whether the batch dimensions of a NoTrans operand continue its row stride,
 // so [batch..., M, K] can be read as one [batch*M, K] matrix (one BLAS call
 // instead of one per batch element: the common linear-layer case).
-template <Device D>
-bool rows_fold_over_batch(const FloatOperand<D>& a, int batch_rank) {
-  if (a.layout.trans) return false;
-  std::int64_t expected = a.view.dim(-2) * a.layout.ld;
+template <class V>
+bool rows_fold_over_batch(const V& view, const GemmLayout& layout, int batch_rank) {
+  if (layout.trans) return false;
+  std::int64_t expected = view.dim(-2) * layout.ld;
   for (int d = batch_rank - 1; d >= 0; --d) {
-    const std::int64_t size = a.view.dim(d);
-    if (size != 1 && a.view.strides()[static_cast<std::size_t>(d)] != expected) return false;
+    const std::int64_t size = view.dim(d);
+    if (size != 1 && view.strides()[static_cast<std::size_t>(d)] != expected) return false;
     expected *= size;
   }
   return true;
+}
+template <Device D>
+bool rows_fold_over_batch(const FloatOperand<D>& a, int batch_rank) {
+  return rows_fold_over_batch(a.view, a.layout, batch_rank);
 }
 
 inline blasint blas_int(std::int64_t v) { return static_cast<blasint>(v); }
@@ -214,6 +226,138 @@ Tensor<D, T> cpu_matmul(const TensorView<D, const T>& a, const TensorView<D, con
   return out;
 }
 
+// ---- CUDA: cuBLASLt --------------------------------------------------------
+
+// The largest GEMM dimension, leading dimension and batch count cuBLASLt
+// takes here (its int32 sizes).
+inline constexpr std::int64_t kCudaGemmMax = std::numeric_limits<std::int32_t>::max();
+
+// A GEMM operand on a CUDA device: the caller's view when cuBLASLt can
+// address its last two dimensions (gemm_layout: one of them has unit
+// stride, and the leading dimension fits in int32), otherwise a packed
+// row-major copy (detail::packed). Batch dimensions are never copied: any
+// strides are walked by the batch plan.
+template <Device D, class T>
+struct CudaGemmOperand {
+  std::optional<PackedOperand<D, T>> packed;
+  TensorView<D, const T> view;
+  GemmLayout layout;
+};
+
+template <Device D, class T>
+void prepare_cuda_operand(CudaGemmOperand<D, T>& op, const TensorView<D, const T>& v) {
+  const std::optional<GemmLayout> layout = gemm_layout(v);
+  if (layout && layout->ld <= kCudaGemmMax) {
+    op.view = v;
+    op.layout = *layout;
+    return;
+  }
+  op.packed.emplace(v);
+  op.view = TensorView<D, const T>(op.packed->get(), v.shape());
+  op.layout = gemm_layout(op.view).value();  // row-major [rows, cols]: NoTrans, ld = max(cols, 1)
+}
+
+// How the batch of a GEMM is walked on the GPU. Batch dimension d of a
+// (stride sa), b (sb, 0 for a 2-D b shared by the batch) and the contiguous
+// output (sc) are merged with the next outer one wherever all three strides
+// continue (size-1 dimensions dropped); the largest merged dimension goes to
+// cuBLASLt as its strided batch and the others are walked on the host. The
+// common cases (contiguous batches, a transposed b, a shared b) are one call.
+template <class VA, class VB>
+cuda::GemmBatch plan_cuda_batch(const Shape& batch, const VA& a, const VB& b, bool b_shared, std::int64_t mn) {
+  struct Dim {
+    std::int64_t size, sa, sb, sc;
+  };
+  std::vector<Dim> dims;  // innermost first
+  std::int64_t sc = mn;
+  for (int d = batch.rank() - 1; d >= 0; --d) {
+    const auto ud = static_cast<std::size_t>(d);
+    const Dim dim{batch[d], a.strides()[ud], b_shared ? 0 : b.strides()[ud], sc};
+    sc *= batch[d];
+    if (dim.size == 1) continue;
+    if (!dims.empty()) {
+      Dim& inner = dims.back();
+      if (dim.sa == inner.sa * inner.size && dim.sb == inner.sb * inner.size && dim.sc == inner.sc * inner.size) {
+        inner.size *= dim.size;
+        continue;
+      }
+    }
+    dims.push_back(dim);
+  }
+  cuda::GemmBatch plan;
+  if (dims.empty()) return plan;
+  const auto largest = std::max_element(dims.begin(), dims.end(), [](const Dim& x, const Dim& y) {
+    return x.size < y.size;
+  });
+  plan.count = largest->size;
+  plan.stride_a = largest->sa;
+  plan.stride_b = largest->sb;
+  plan.stride_c = largest->sc;
+  for (auto it = dims.rbegin(); it != dims.rend(); ++it) {  // outermost first
+    if (it.base() - 1 == largest) continue;
+    const auto d = static_cast<std::size_t>(plan.outer_rank++);
+    plan.outer_shape[d] = it->size;
+    plan.outer_a[d] = it->sa;
+    plan.outer_b[d] = it->sb;
+    plan.outer_c[d] = it->sc;
+  }
+  return plan;
+}
+
+// Enqueues out = a @ b (+ bias) on ctx's device: a [batch..., M, K] with
+// K >= 1, b [batch..., K, N] or [K, N], out contiguous [batch..., M, N]
+// (M, N >= 1), bias contiguous [N] or null. Device-agnostic host logic: the
+// operands are only addressed, never read, on the host.
+template <Device D, class T>
+void enqueue_cuda_gemm(const cuda::LaunchContext& ctx, T* out, const TensorView<D, const T>& a,
+                       const TensorView<D, const T>& b, const T* bias, const Shape& batch, std::string_view op) {
+  const std::int64_t m = a.dim(-2), k = a.dim(-1), n = b.dim(-1);
+  CudaGemmOperand<D, T> ga, gb;
+  prepare_cuda_operand(ga, a);
+  prepare_cuda_operand(gb, b);
+  const bool b_shared = b.rank() == 2;
+  std::int64_t rows = m;
+  cuda::GemmBatch plan;
+  // [batch..., M, K] rows continuing over the batch against a shared b:
+  // one [batch * M, K] GEMM (the usual linear layer).
+  if (b_shared && rows_fold_over_batch(ga.view, ga.layout, batch.rank()) && batch.numel() * m <= kCudaGemmMax) {
+    rows = batch.numel() * m;
+  } else {
+    plan = plan_cuda_batch(batch, ga.view, gb.view, b_shared, m * n);
+    check(plan.count <= kCudaGemmMax, op, "a batch of ", plan.count, " matrices exceeds cuBLASLt's ", kCudaGemmMax,
+          " limit");
+  }
+  const cuda::GemmOperand<T> ca{ga.view.raw(), ga.layout.trans, ga.layout.ld};
+  const cuda::GemmOperand<T> cb{gb.view.raw(), gb.layout.trans, gb.layout.ld};
+  cuda::launch_gemm<T>(ctx, out, ca, cb, bias, rows, n, k, plan);
+}
+
+// cpu_matmul's contract on a CUDA device: out = a @ b (+ bias), rounded once.
+template <Device D, class T>
+Tensor<D, T> cuda_matmul(const TensorView<D, const T>& a, const TensorView<D, const T>& b,
+                         const std::optional<TensorView<D, const T>>& bias, const Shape& batch, const Shape& out_shape,
+                         std::string_view op) {
+  Tensor<D, T> out(out_shape);
+  if (out.numel() == 0) return out;
+  const std::int64_t m = a.dim(-2), k = a.dim(-1), n = b.dim(-1);
+  check(m <= kCudaGemmMax && n <= kCudaGemmMax && k <= kCudaGemmMax, op, "GEMM of ", m, " x ", k, " by ", k, " x ",
+        n, " exceeds cuBLASLt's ", kCudaGemmMax, " element limit per dimension");
+  cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+    std::optional<PackedOperand<D, T>> packed_bias;
+    if (bias) packed_bias.emplace(*bias);
+    const T* bias_ptr = packed_bias ? packed_bias->get() : nullptr;
+    if (k == 0) {  // an empty sum: out = bias rows or zeros; the empty operands are not read
+      cuda::GemmBatch all_rows;
+      all_rows.count = batch.numel();
+      all_rows.stride_c = m * n;
+      cuda::launch_gemm<T>(ctx, out.raw(), {}, {}, bias_ptr, m, n, 0, all_rows);
+      return;
+    }
+    enqueue_cuda_gemm<D, T>(ctx, out.raw(), a, b, bias_ptr, batch, op);
+  });
+  return out;
+}
+
 // The batch shape of a @ b, after checking that a is [..., M, K] and b is
 // [..., K, N] with a's batch dimensions, or [K, N].
 inline Shape matmul_batch(const Shape& a, const Shape& b, std::string_view op) {
@@ -239,7 +383,7 @@ Tensor<D, T> matmul(const TensorView<D, const T>& a, const TensorView<D, const T
   out_shape.push_back(a.dim(-2));
   out_shape.push_back(b.dim(-1));
   if constexpr (is_cpu_v<D>) return cpu_matmul<D, T>(a, b, std::nullopt, batch, out_shape, op);
-  else cuda_backend_missing<D>(op);
+  else return cuda_matmul<D, T>(a, b, std::nullopt, batch, out_shape, op);
 }
 
 // x [..., in] @ weight[out, in]^T (+ bias [out]) -> [..., out]. `op` names the
@@ -263,7 +407,7 @@ Tensor<D, T> linear(const TensorView<D, const T>& x, const TensorView<D, const T
   out_shape[-1] = weight.dim(0);
   // weight^T is a view: stride[-2] is 1, so BLAS reads it as Trans, no copy.
   if constexpr (is_cpu_v<D>) return cpu_matmul<D, T>(rows, weight.transpose(0, 1), bias, batch, out_shape, op);
-  else cuda_backend_missing<D>(op);
+  else return cuda_matmul<D, T>(rows, weight.transpose(0, 1), bias, batch, out_shape, op);
 }
 
 }  // namespace detail

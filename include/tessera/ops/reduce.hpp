@@ -7,8 +7,10 @@
 //     (in index order);
 //   - -0.0 and +0.0 are equal (a tie, so the lower index wins).
 // Inputs are float, bf16 or f16 (compared exactly, in float), of any rank >= 1,
-// and may be strided views. CUDA launchers: ops/cuda/reduce.cuh (CUDA backend
-// issue).
+// and may be strided views. On CUDA (ops/cuda/reduce.cuh) the same rules
+// give the same indices: argmax is a CUB warp/block reduction per row, topk
+// a stable CUB radix sort of every row (device workspace of about 24 bytes
+// per input element, allocated per call; none for k = 1, an argmax).
 #pragma once
 
 #include <algorithm>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "cuda/reduce.cuh"
 
 namespace tessera::ops {
 
@@ -190,6 +193,27 @@ void for_each_row(std::int64_t rows, [[maybe_unused]] std::int64_t n, const Fn& 
   for (std::int64_t r = 0; r < rows; ++r) fn(r);
 }
 
+// The rows of x as the CUDA kernels address them: the leading dimensions
+// x.shape()[:-1] with their strides, size-1 dimensions dropped and each
+// dimension merged into the next outer one where that one steps over it
+// whole (as RowOffsets does), so that a contiguous x has at most one.
+inline cuda::StridedLayout cuda_row_layout(const Shape& shape, const Strides& strides) {
+  cuda::StridedLayout l;
+  for (int d = 0; d + 1 < shape.rank(); ++d) {
+    const std::int64_t size = shape[d], stride = strides[static_cast<std::size_t>(d)];
+    if (size == 1) continue;
+    if (l.rank > 0 && l.strides[l.rank - 1] == stride * size) {
+      l.shape[l.rank - 1] *= size;
+      l.strides[l.rank - 1] = stride;
+      continue;
+    }
+    l.shape[l.rank] = size;
+    l.strides[l.rank] = stride;
+    ++l.rank;
+  }
+  return l;
+}
+
 template <class T>
 constexpr void require_float_input() {
   static_assert(FloatType<T>, "tessera: ops::argmax / ops::topk need a float, bf16 or f16 tensor");
@@ -225,7 +249,12 @@ Tensor<device_of<X>, std::int64_t> argmax(const X& x) {
     };
     detail::reduce_ops::for_each_row(rows, n, one_row);
   } else {
-    detail::cuda_backend_missing<D>(op);
+    const std::int64_t rows = out.numel();
+    const std::int64_t stride = v.strides()[static_cast<std::size_t>(v.rank() - 1)];
+    const cuda::StridedLayout row_layout = detail::reduce_ops::cuda_row_layout(v.shape(), v.strides());
+    detail::cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+      cuda::launch_argmax<T>(ctx, out.raw(), v.raw(), row_layout, rows, n, stride);
+    });
   }
   return out;
 }
@@ -265,7 +294,20 @@ TopK<device_of<X>, element_of<X>> topk(const X& x, std::int64_t k) {
       detail::reduce_ops::for_each_row(rows, n, one_row);
     }
   } else {
-    detail::cuda_backend_missing<D>(op);
+    // The sort (k >= 2; k = 1 is an argmax) numbers elements within a row in
+    // int32 and rows in the top 32 bits of its keys.
+    const bool sortable = n <= std::numeric_limits<std::int32_t>::max() && rows <= (std::int64_t{1} << 32);
+    detail::check(k <= 1 || sortable, op, v.shape().to_string(),
+                  " exceeds the CUDA topk's limits for k >= 2 (n <= 2^31 - 1, at most 2^32 rows)");
+    const std::int64_t stride = v.strides()[static_cast<std::size_t>(v.rank() - 1)];
+    const cuda::StridedLayout row_layout = detail::reduce_ops::cuda_row_layout(v.shape(), v.strides());
+    detail::cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+      if (rows == 0 || k == 0) return;
+      const std::size_t workspace_bytes = cuda::topk_workspace_bytes(rows, n, k);
+      const Buffer<D> workspace = workspace_bytes > 0 ? Buffer<D>(workspace_bytes) : Buffer<D>();
+      cuda::launch_topk<T>(ctx, out.values.raw(), out.indices.raw(), v.raw(), row_layout, rows, n, stride, k,
+                           workspace.get(), workspace_bytes);
+    });
   }
   return out;
 }
