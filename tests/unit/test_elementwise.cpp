@@ -1,6 +1,8 @@
 // Typed tests of ops/elementwise.hpp against a double-precision reference.
 #include <tessera/ops/elementwise.hpp>
 
+#include <cstring>
+
 #include "test_util.hpp"
 
 namespace tessera::testing {
@@ -121,6 +123,47 @@ TYPED_TEST(Elementwise, ShapeErrorsNameTheOpAndShapes) {
   }
   auto hidden = to<D>(random_tensor<T>({3, 4}));
   EXPECT_THROW(ops::residual_add(hidden, to<D>(random_tensor<T>({4, 3}))), ShapeError);
+}
+
+// Every device converts exactly as the host does (tessera::convert), bit for
+// bit, into each of the five element types and back: contiguous inputs, an
+// input one element off its allocation's alignment, and a transposed view.
+template <class U, class D, class Src>
+void expect_cast_matches_host(const Src& host_view, const TensorView<D, const element_of<Src>>& device_view) {
+  const auto expected = ops::cast<U>(host_view);
+  const auto actual = to<Host>(ops::cast<U>(device_view));
+  ASSERT_EQ(actual.shape(), expected.shape());
+  EXPECT_EQ(std::memcmp(actual.raw(), expected.raw(), expected.bytes()), 0)
+      << dtype_name<element_of<Src>>() << " -> " << dtype_name<U>() << " of " << host_view.shape();
+}
+
+template <class D, class From>
+void expect_casts_match_host(const Tensor<Host, From>& host) {
+  const auto device = to<D>(host);
+  const auto flat_host = host.view().reshape({-1});
+  const auto flat_device = device.view().reshape({-1});
+  const std::int64_t n = flat_host.numel();
+  const auto check_all = [&](const auto& h, const auto& d) {
+    expect_cast_matches_host<float>(h, d);
+    expect_cast_matches_host<bf16>(h, d);
+    expect_cast_matches_host<f16>(h, d);
+    expect_cast_matches_host<std::int32_t>(h, d);
+    expect_cast_matches_host<std::int64_t>(h, d);
+  };
+  check_all(host.view(), device.view());
+  check_all(flat_host.slice(0, 1, n), flat_device.slice(0, 1, n));
+  check_all(host.view().transpose(0, 1), device.view().transpose(0, 1));
+}
+
+TYPED_TEST(Elementwise, CastMatchesTheHostBitForBit) {
+  using D = typename TypeParam::device;
+  using T = typename TypeParam::dtype;
+  TESSERA_SKIP_UNLESS_AVAILABLE(D);
+  // Magnitudes up to 300 fit every type, so no conversion is out of range.
+  const auto hx = random_tensor<T>({9, 23}, -300.0, 300.0);
+  expect_casts_match_host<D>(hx);
+  expect_casts_match_host<D>(ops::cast<std::int32_t>(hx));
+  expect_casts_match_host<D>(ops::cast<std::int64_t>(hx));
 }
 
 TEST(Cast, RoundsToNearestEvenAndTruncatesToIntegers) {

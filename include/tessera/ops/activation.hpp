@@ -2,12 +2,14 @@
 // approximation) and SwiGLU, the gated MLP activation of Qwen2 / Llama /
 // InternLM2. Everything is computed in float and rounded once to T on store;
 // inputs may be strided views, outputs are contiguous.
-// CUDA launchers: ops/cuda/activation.cuh (CUDA backend issue).
+// CUDA launchers: ops/cuda/activation.cuh (the same formulas in float with
+// the device's precise expf/erff/tanhf; strided inputs read in place).
 #pragma once
 
 #include <cmath>
 
 #include "common.hpp"
+#include "cuda/activation.cuh"
 
 namespace tessera::ops {
 
@@ -25,15 +27,23 @@ inline float gelu_tanh_f(float v) {
   return 0.5f * v * (1.0f + std::tanh(kBeta * (v + kKappa * v * v * v)));
 }
 
+// fn on the CPU; the CUDA launcher computes the same function, named by kind.
 template <class X, class Fn>
-Tensor<device_of<X>, element_of<X>> unary_activation(const X& x, std::string_view op, Fn&& fn) {
+Tensor<device_of<X>, element_of<X>> unary_activation(const X& x, std::string_view op, cuda::Activation kind,
+                                                     Fn&& fn) {
   using D = device_of<X>;
   using T = element_of<X>;
   static_assert(FloatType<T>, "tessera: activations need a floating-point tensor (float, bf16 or f16)");
   const auto vx = as_view(x);
   Tensor<D, T> out(vx.shape());
-  if constexpr (is_cpu_v<D>) cpu_unary(out.raw(), vx, fn, kTranscendentalCost);
-  else cuda_backend_missing<D>(op);
+  if constexpr (is_cpu_v<D>) {
+    (void)kind;
+    cpu_unary(out.raw(), vx, fn, kTranscendentalCost);
+  } else {
+    cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+      cuda::launch_activation<T>(ctx, kind, out.raw(), vx.raw(), strided_layout(vx.shape(), vx.strides()));
+    });
+  }
   return out;
 }
 
@@ -42,21 +52,24 @@ Tensor<device_of<X>, element_of<X>> unary_activation(const X& x, std::string_vie
 // SiLU (swish): x * sigmoid(x) = x / (1 + exp(-x)).
 template <AnyTensor X>
 Tensor<device_of<X>, element_of<X>> silu(const X& x) {
-  return detail::act::unary_activation(x, "ops::silu", [](float v) { return detail::act::silu_f(v); });
+  return detail::act::unary_activation(x, "ops::silu", cuda::Activation::silu,
+                                       [](float v) { return detail::act::silu_f(v); });
 }
 
 // GELU, exact form: 0.5 * x * (1 + erf(x / sqrt(2))) (torch's default,
 // approximate='none'; the Qwen2.5-VL patch merger uses this one).
 template <AnyTensor X>
 Tensor<device_of<X>, element_of<X>> gelu(const X& x) {
-  return detail::act::unary_activation(x, "ops::gelu", [](float v) { return detail::act::gelu_f(v); });
+  return detail::act::unary_activation(x, "ops::gelu", cuda::Activation::gelu,
+                                       [](float v) { return detail::act::gelu_f(v); });
 }
 
 // GELU, tanh approximation, as torch's approximate='tanh' (transformers'
 // "gelu_pytorch_tanh"): 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
 template <AnyTensor X>
 Tensor<device_of<X>, element_of<X>> gelu_tanh(const X& x) {
-  return detail::act::unary_activation(x, "ops::gelu_tanh", [](float v) { return detail::act::gelu_tanh_f(v); });
+  return detail::act::unary_activation(x, "ops::gelu_tanh", cuda::Activation::gelu_tanh,
+                                       [](float v) { return detail::act::gelu_tanh_f(v); });
 }
 
 // SwiGLU: silu(gate) * up, element by element; gate and up have the same shape.
@@ -79,7 +92,10 @@ Tensor<device_of<G>, element_of<G>> swiglu(const G& gate, const U& up) {
         out.raw(), vg.shape(), vg, vu, [](float g, float u) { return detail::act::silu_f(g) * u; },
         detail::kTranscendentalCost);
   } else {
-    detail::cuda_backend_missing<D>("ops::swiglu");
+    detail::cuda_launch<D>("ops::swiglu", [&](const cuda::LaunchContext& ctx) {
+      cuda::launch_swiglu<T>(ctx, out.raw(), vg.raw(), detail::strided_layout(vg.shape(), vg.strides()), vu.raw(),
+                             detail::strided_layout(vu.shape(), vu.strides()));
+    });
   }
   return out;
 }
@@ -120,7 +136,11 @@ Tensor<device_of<X>, element_of<X>> swiglu(const X& gate_up) {
       }
     }
   } else {
-    detail::cuda_backend_missing<D>("ops::swiglu");
+    const std::int64_t rows = half == 0 ? 0 : out.numel() / half;
+    detail::cuda_launch<D>("ops::swiglu", [&](const cuda::LaunchContext& ctx) {
+      const auto px = detail::packed(vx);
+      cuda::launch_swiglu_fused<T>(ctx, out.raw(), px.get(), rows, half);
+    });
   }
   return out;
 }

@@ -1,11 +1,12 @@
 // tessera/ops/embedding.hpp — token embedding lookup (torch.nn.functional.embedding
 // without max_norm / padding_idx semantics, which only matter in training).
-// CUDA launchers: ops/cuda/embedding.cuh (CUDA backend issue).
+// CUDA launchers: ops/cuda/embedding.cuh.
 #pragma once
 
 #include <cstring>
 
 #include "common.hpp"
+#include "cuda/embedding.cuh"
 
 namespace tessera::ops {
 
@@ -14,6 +15,10 @@ namespace tessera::ops {
 // and is contiguous. Every id must lie in [0, V): the first one that does not
 // raises tessera::ValueError naming the id, its flat (row-major) position in
 // ids, and V. Nothing is written to the result before all ids are checked.
+// On CUDA the ids are checked by the gather kernel itself (a bad id is never
+// dereferenced) and the call waits for its stream to learn the outcome, so the
+// same ValueError is raised, synchronously; the partly written result is
+// discarded with it.
 template <AnyTensor W, AnyTensor I>
 Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
   using D = device_of<W>;
@@ -31,6 +36,10 @@ Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
   Shape out_shape = vi.shape();
   out_shape.push_back(hidden);
   Tensor<D, T> out(out_shape);
+  const auto id_error = [&](std::int64_t id, std::int64_t position) {
+    detail::check_value(false, "ops::embedding", "id ", id, " at position ", position, " of ids ", vi.shape(),
+                        " is out of range for a table of ", vocab, " rows (valid ids are 0..", vocab - 1, ")");
+  };
   if constexpr (is_cpu_v<D>) {
     // Pack the ids (row-major) and validate them all before gathering.
     std::vector<std::int64_t> flat(static_cast<std::size_t>(vi.numel()));
@@ -40,9 +49,7 @@ Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
     });
     for (std::size_t k = 0; k < flat.size(); ++k) {
       const std::int64_t id = flat[k];
-      detail::check_value(id >= 0 && id < vocab, "ops::embedding", "id ", id, " at position ", k, " of ids ",
-                          vi.shape(), " is out of range for a table of ", vocab, " rows (valid ids are 0..",
-                          vocab - 1, ")");
+      if (id < 0 || id >= vocab) id_error(id, static_cast<std::int64_t>(k));
     }
     const T* pt = vt.raw();
     const std::int64_t ts0 = vt.stride(0), ts1 = vt.stride(1);
@@ -59,7 +66,16 @@ Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
       }
     }
   } else {
-    detail::cuda_backend_missing<D>("ops::embedding");
+    cuda::EmbeddingIdCheck ids_check;
+    if (vi.numel() > 0) {
+      detail::cuda_launch<D>("ops::embedding", [&](const cuda::LaunchContext& ctx) {
+        Buffer<D> workspace(cuda::embedding_workspace_bytes());
+        ids_check = cuda::launch_embedding<T, Id>(ctx, out.raw(), vt.raw(), vocab, hidden, vt.stride(0), vt.stride(1),
+                                                  vi.raw(), detail::strided_layout(vi.shape(), vi.strides()),
+                                                  workspace.get());
+      });
+    }
+    if (ids_check.position >= 0) id_error(ids_check.id, ids_check.position);
   }
   return out;
 }

@@ -4,12 +4,14 @@
 // order, which is the order of weight.reshape(O, -1), so the GEMM is
 // ops::linear's patches @ weight2d^T (+ bias) with no weight copy.
 // Tokens come out in row-major patch order: (t, h, w) grid index flattened.
-// CUDA launchers: ops/cuda/patch_embed.cuh (CUDA backend issue).
+// On CUDA the im2col is a kernel (ops/cuda/patch_embed.cuh) and the GEMM is
+// the same ops::linear call, on the device.
 #pragma once
 
 #include <array>
 #include <cstring>
 
+#include "cuda/patch_embed.cuh"
 #include "matmul.hpp"
 
 namespace tessera::ops {
@@ -66,6 +68,25 @@ void cpu_im2col(T* dst, const TensorView<D, const T>& src, const std::array<std:
   }
 }
 
+// The geometry launch_im2col reads `src` [B, C, S_0, ..., S_{R-1}] with.
+template <std::size_t R, Device D, class T>
+cuda::Im2colLayout im2col_layout(const TensorView<D, const T>& src, const std::array<std::int64_t, R>& kernel) {
+  static_assert(R >= 1 && R <= 3);
+  cuda::Im2colLayout l;
+  l.spatial_rank = static_cast<int>(R);
+  l.batch = src.dim(0);
+  l.channels = src.dim(1);
+  l.batch_stride = src.stride(0);
+  l.channel_stride = src.stride(1);
+  for (std::size_t s = 0; s < R; ++s) {
+    const int axis = static_cast<int>(s) + 2;
+    l.kernel[s] = kernel[s];
+    l.grid[s] = src.dim(axis) / kernel[s];
+    l.spatial_stride[s] = src.stride(axis);
+  }
+  return l;
+}
+
 // Checks the patch embedding's shapes; returns the kernel sizes.
 template <std::size_t R>
 std::array<std::int64_t, R> patch_kernel(const Shape& input, const Shape& weight, const Shape* bias,
@@ -103,21 +124,25 @@ Tensor<D, T> patch_embed(const TensorView<D, const T>& input, const TensorView<D
   for (std::size_t s = 0; s < R; ++s) patches *= input.dim(static_cast<int>(s) + 2) / kernel[s];
   std::int64_t patch_len = input.dim(1);  // C * k_0 * ... * k_{R-1}
   for (std::size_t s = 0; s < R; ++s) patch_len *= kernel[s];
-  if constexpr (is_cpu_v<D>) {
-    Tensor<D, T> columns({input.dim(0), patches, patch_len});
-    if (columns.numel() > 0) cpu_im2col<R>(columns.raw(), input, kernel);
-    // weight as [O, C*k...]: a reshape of the contiguous weight (copied only
-    // when the caller passed a non-contiguous view).
-    Tensor<D, T> packed;
-    TensorView<D, const T> w = weight;
-    if (!w.is_contiguous()) {
-      packed = contiguous(weight);
-      w = packed.view();
+  Tensor<D, T> columns({input.dim(0), patches, patch_len});
+  if (columns.numel() > 0) {
+    if constexpr (is_cpu_v<D>) {
+      cpu_im2col<R>(columns.raw(), input, kernel);
+    } else {
+      cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+        cuda::launch_im2col<T>(ctx, columns.raw(), input.raw(), im2col_layout<R>(input, kernel));
+      });
     }
-    return linear<D, T>(columns.view(), w.reshape({weight.dim(0), patch_len}), bias, op);
-  } else {
-    cuda_backend_missing<D>(op);
   }
+  // weight as [O, C*k...]: a reshape of the contiguous weight (copied only
+  // when the caller passed a non-contiguous view).
+  Tensor<D, T> packed;
+  TensorView<D, const T> w = weight;
+  if (!w.is_contiguous()) {
+    packed = contiguous(weight);
+    w = packed.view();
+  }
+  return linear<D, T>(columns.view(), w.reshape({weight.dim(0), patch_len}), bias, op);
 }
 
 }  // namespace detail
