@@ -2,12 +2,13 @@
 // convention), LayerNorm (torch.nn.LayerNorm), and the fused residual add +
 // RMSNorm that every pre-norm decoder layer runs. All normalise over the last
 // dimension; inputs may be strided views, outputs are contiguous.
-// CUDA launchers: ops/cuda/norm.cuh (CUDA backend issue).
+// CUDA launchers: ops/cuda/norm.cuh.
 #pragma once
 
 #include <cmath>
 
 #include "common.hpp"
+#include "cuda/norm.cuh"
 
 namespace tessera::ops {
 
@@ -104,7 +105,11 @@ Tensor<device_of<X>, element_of<X>> rms_norm(const X& x, const W& weight, double
         else detail::norms::rms_norm_row<false>(po + r * n, row, xs, pw, ws, n, feps);
       }
     } else {
-      detail::cuda_backend_missing<D>("ops::rms_norm");
+      // x and the weight are read in place, whatever their strides.
+      detail::cuda_launch<D>("ops::rms_norm", [&](const cuda::LaunchContext& ctx) {
+        cuda::launch_rms_norm<T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()),
+                                 vw.raw(), vw.stride(0), static_cast<float>(eps));
+      });
     }
     return out;
   }
@@ -156,7 +161,12 @@ Tensor<D, T> add_rms_norm(const H& hidden, Tensor<D, T>& residual, const W& weig
         else detail::norms::rms_norm_row<false>(po + r * n, rrow, 1, pw, ws, n, feps);
       }
     } else {
-      detail::cuda_backend_missing<D>("ops::add_rms_norm");
+      // One kernel, bit for bit residual_add then rms_norm on CUDA as well.
+      detail::cuda_launch<D>("ops::add_rms_norm", [&](const cuda::LaunchContext& ctx) {
+        cuda::launch_add_rms_norm<T>(ctx, out.raw(), residual.raw(), vh.raw(),
+                                     detail::strided_layout(vh.shape(), vh.strides()), vw.raw(), vw.stride(0),
+                                     static_cast<float>(eps));
+      });
     }
     return out;
   }
@@ -216,7 +226,10 @@ Tensor<device_of<X>, element_of<X>> layer_norm(const X& x, const W& weight, cons
         }
       }
     } else {
-      detail::cuda_backend_missing<D>("ops::layer_norm");
+      detail::cuda_launch<D>("ops::layer_norm", [&](const cuda::LaunchContext& ctx) {
+        cuda::launch_layer_norm<T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()),
+                                   vw.raw(), vw.stride(0), vb.raw(), vb.stride(0), static_cast<float>(eps));
+      });
     }
     return out;
   }

@@ -8,12 +8,13 @@
 // wrong device are a classic multi-GPU failure: here they are typed).
 // apply_rope rotates any [S, H, Dh] tensor with any [S, rot] tables, so M-RoPE
 // and the 2-D vision RoPE of Qwen2.5-VL only differ in how the tables are built.
-// CUDA launchers: ops/cuda/rope.cuh (CUDA backend issue).
+// CUDA launchers: ops/cuda/rope.cuh.
 #pragma once
 
 #include <cmath>
 
 #include "common.hpp"
+#include "cuda/rope.cuh"
 
 namespace tessera::ops {
 
@@ -81,7 +82,11 @@ RopeTables<device_of<P>> rope_tables(const P& positions, std::int64_t rot_dim, d
       }
     }
   } else {
-    detail::cuda_backend_missing<D>("ops::rope_tables");
+    // The same float32 recipe, step by step, one thread per (s, i).
+    detail::cuda_launch<D>("ops::rope_tables", [&](const cuda::LaunchContext& ctx) {
+      cuda::launch_rope_tables<I>(ctx, tables.cos.raw(), tables.sin.raw(), vp.raw(), vp.stride(0), seq, rot_dim,
+                                  static_cast<float>(theta));
+    });
   }
   return tables;
 }
@@ -151,7 +156,12 @@ Tensor<device_of<X>, element_of<X>> apply_rope(const X& x, const C& cos, const S
       for (std::int64_t i = rot; i < dh; ++i) o[i] = xr[i * xs2];
     }
   } else {
-    detail::cuda_backend_missing<D>("ops::apply_rope");
+    // x, cos and sin are read in place, whatever their strides.
+    detail::cuda_launch<D>("ops::apply_rope", [&](const cuda::LaunchContext& ctx) {
+      cuda::launch_apply_rope<T, TC>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()),
+                                     vc.raw(), detail::strided_layout(vc.shape(), vc.strides()), vs.raw(),
+                                     detail::strided_layout(vs.shape(), vs.strides()));
+    });
   }
   return out;
 }

@@ -1,7 +1,6 @@
 // tessera/ops/softmax.hpp — softmax over the last dimension, optionally with
 // an additive mask. Computed in float with max-subtraction (bf16/f16 in,
-// rounded once on output). CUDA launchers: ops/cuda/softmax.cuh (CUDA backend
-// issue).
+// rounded once on output). CUDA launchers: ops/cuda/softmax.cuh.
 //
 // Masks are ADDITIVE, as in transformers' attention masks: 0 keeps a score,
 // -inf drops it, any finite value biases it. A mask has x's element type or
@@ -20,6 +19,7 @@
 #include <limits>
 
 #include "common.hpp"
+#include "cuda/softmax.cuh"
 
 namespace tessera::ops {
 
@@ -103,7 +103,10 @@ Tensor<device_of<X>, element_of<X>> softmax(const X& x) {
   if constexpr (is_cpu_v<D>) {
     detail::softmax_rows_cpu(out.raw(), vx, static_cast<const T*>(nullptr), Strides{});
   } else {
-    detail::cuda_backend_missing<D>("ops::softmax");
+    detail::cuda_launch<D>("ops::softmax", [&](const cuda::LaunchContext& ctx) {
+      const cuda::StridedLayout x_layout = detail::strided_layout(vx.shape(), vx.strides());
+      cuda::launch_softmax<T, T>(ctx, out.raw(), vx.raw(), x_layout, static_cast<const T*>(nullptr), x_layout);
+    });
   }
   return out;
 }
@@ -129,7 +132,12 @@ Tensor<device_of<X>, element_of<X>> softmax(const X& x, const M& mask) {
   if constexpr (is_cpu_v<D>) {
     detail::softmax_rows_cpu(out.raw(), vx, vm.raw(), detail::broadcast_strides(vm, vx.shape()));
   } else {
-    detail::cuda_backend_missing<D>("ops::softmax");
+    // x and the mask are read in place; the mask through its strides
+    // broadcast to x's shape (0 on broadcast dimensions).
+    detail::cuda_launch<D>("ops::softmax", [&](const cuda::LaunchContext& ctx) {
+      cuda::launch_softmax<T, MT>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()), vm.raw(),
+                                  detail::strided_layout(vx.shape(), detail::broadcast_strides(vm, vx.shape())));
+    });
   }
   return out;
 }
