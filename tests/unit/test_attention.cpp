@@ -123,6 +123,40 @@ TYPED_TEST(Attention, FullAndCausalMatchReference) {
   }
 }
 
+// Sizes that exercise the CUDA kernels' edges (and are cheap on the CPU):
+// the tensor-core head dims 64, 80 and 128 at lengths that are not multiples
+// of the 64-row query and 64-key tiles, Sq != Skv under the causal mask, a
+// long causal prefill, and single-token decoding against 1000+ keys (the
+// flash-decoding path: key splits, GQA groups of up to 12 query heads, an
+// odd head dim and Dv != Dh).
+TYPED_TEST(Attention, KernelTileEdgesMatchReference) {
+  using D = typename TypeParam::device;
+  using T = typename TypeParam::dtype;
+  TESSERA_SKIP_UNLESS_AVAILABLE(D);
+  const std::vector<Problem> problems = {
+      {70, 70, 4, 2, 64, 64},       // one full query tile and a partial one
+      {65, 130, 2, 1, 80, 80},      // causal offset 65: key tiles cut by the mask
+      {129, 100, 2, 2, 128, 128},   // Sq > Skv: causal rows 0..28 see no key
+      {300, 300, 1, 1, 64, 64},     // long causal prefill, 5 query tiles
+      {100, 164, 3, 3, 64, 64},
+      {1, 1500, 8, 2, 128, 128},    // decode, GQA 4:1
+      {1, 1200, 4, 4, 64, 64},      // decode, MHA
+      {1, 1100, 3, 1, 7, 7},        // decode, odd head dim (scalar loads)
+      {1, 1030, 4, 2, 16, 24},      // decode, Dv != Dh
+      {1, 700, 12, 1, 64, 64},      // decode, 12 query heads on one kv head
+      {1, 0, 4, 2, 64, 64},         // no keys at all: zeros
+  };
+  for (const auto& p : problems) {
+    const Inputs<T> in(p);
+    for (MaskKind mask : {MaskKind::Full, MaskKind::Causal}) {
+      const auto out = run_attention<D>(in, {.mask = mask});
+      ASSERT_EQ(out.shape(), (Shape{p.sq, p.hq, p.dv}));
+      EXPECT_TRUE(all_close<T>(to_doubles(out), in.reference(p, default_scale(p), mask, {0, p.sq}, {0, p.skv})))
+          << p << " " << mask_name(mask);
+    }
+  }
+}
+
 TYPED_TEST(Attention, CustomScale) {
   using D = typename TypeParam::device;
   using T = typename TypeParam::dtype;
@@ -174,6 +208,25 @@ TYPED_TEST(Attention, AcceptsStridedViews) {
   EXPECT_TRUE(all_close<T>(to_doubles(out), expected));
 }
 
+// The tensor-core head dim read in place from a fused [S, 3H, Dh] qkv
+// projection (token stride 3 H Dh), with GQA and the causal mask.
+TYPED_TEST(Attention, AcceptsFusedQkvSlicesAtTensorCoreHeadDim) {
+  using D = typename TypeParam::device;
+  using T = typename TypeParam::dtype;
+  TESSERA_SKIP_UNLESS_AVAILABLE(D);
+  const Problem p{77, 77, 4, 2, 64, 64};
+  const auto hqkv = random_tensor<T>({77, 8, 64});  // 4 query heads, 2 key heads, 2 value heads
+  const auto qkv = to<D>(hqkv);
+  for (MaskKind mask : {MaskKind::Full, MaskKind::Causal}) {
+    const auto out =
+        to<Host>(ops::attention(qkv.slice(1, 0, 4), qkv.slice(1, 4, 6), qkv.slice(1, 6, 8), {.mask = mask}));
+    const auto expected =
+        attention_reference(to_doubles(hqkv.slice(1, 0, 4)), to_doubles(hqkv.slice(1, 4, 6)),
+                            to_doubles(hqkv.slice(1, 6, 8)), p, default_scale(p), mask, {0, 77}, {0, 77});
+    EXPECT_TRUE(all_close<T>(to_doubles(out), expected)) << mask_name(mask);
+  }
+}
+
 struct VarlenCase {
   std::vector<std::int64_t> q_lens, k_lens;
 };
@@ -218,6 +271,38 @@ TYPED_TEST(Attention, VarlenMatchesReferenceAndSeparateRuns) {
         separate.insert(separate.end(), doubles.begin(), doubles.end());
       }
       EXPECT_TRUE(all_close<T>(actual, separate)) << p << " " << mask_name(mask) << " vs separate runs";
+    }
+  }
+}
+
+// Variable-length batches at the tensor-core head dims: segments longer than
+// a tile next to segments of one token and empty ones; and a batch of
+// single-token queries against caches of different lengths (decoding).
+TYPED_TEST(Attention, VarlenAtKernelSizesMatchesReference) {
+  using D = typename TypeParam::device;
+  using T = typename TypeParam::dtype;
+  TESSERA_SKIP_UNLESS_AVAILABLE(D);
+  struct Case {
+    VarlenCase lens;
+    std::int64_t hq, hkv, dh;
+  };
+  const std::vector<Case> cases = {
+      {{{70, 1, 130}, {70, 1, 130}}, 2, 1, 64},
+      {{{70, 1, 0, 65}, {100, 65, 3, 65}}, 2, 1, 128},
+      {{{33, 90}, {33, 90}}, 2, 2, 80},
+      {{{1, 1, 0, 1, 1}, {300, 0, 5, 1000, 1}}, 4, 1, 128},  // decode batch
+      {{{1, 1, 1}, {9, 700, 40}}, 6, 2, 7},
+  };
+  for (const auto& c : cases) {
+    const auto cu_q = cumulative(c.lens.q_lens), cu_k = cumulative(c.lens.k_lens);
+    const Problem p{cu_q.back(), cu_k.back(), c.hq, c.hkv, c.dh, c.dh};
+    const Inputs<T> in(p);
+    const auto q = to<D>(in.q), k = to<D>(in.k), v = to<D>(in.v);
+    for (MaskKind mask : {MaskKind::Full, MaskKind::Causal}) {
+      const auto out = to<Host>(ops::attention(q, k, v, cu_tensor<D>(cu_q), cu_tensor<D>(cu_k), {.mask = mask}));
+      ASSERT_EQ(out.shape(), (Shape{p.sq, p.hq, p.dv}));
+      EXPECT_TRUE(all_close<T>(to_doubles(out), in.reference(p, default_scale(p), mask, cu_q, cu_k)))
+          << p << " " << mask_name(mask);
     }
   }
 }

@@ -17,8 +17,10 @@
 // The CPU code is the reference: scores, softmax and accumulation in float,
 // output rounded once to T. Every overload checks devices and dtypes at
 // compile time, then shapes (ShapeError) and values (ValueError), then
-// dispatches; a CUDA FlashAttention launcher (ops/cuda/attention.cuh) slots
-// into the `else` branch with the same arguments.
+// dispatches. On CUDA (ops/cuda/attention.cuh) the same semantics run as a
+// flash-decoding kernel when every query segment has one token, a
+// FlashAttention-2 tensor-core kernel for bf16/f16 with head dim 64, 80 or
+// 128, and a SIMT kernel otherwise; none materialises the score matrix.
 #pragma once
 
 #include <algorithm>
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "cuda/attention.cuh"
 
 namespace tessera::ops {
 
@@ -240,6 +243,58 @@ void attention_cpu(T* out, const TensorView<D, const T>& q, const TensorView<D, 
   }
 }
 
+// ---- CUDA ------------------------------------------------------------------
+
+// q, k or v as the CUDA launcher reads it: unit stride along head_dim and
+// any token and head strides, so a slice of a fused qkv projection is read
+// in place; only a view whose head_dim is itself strided is packed (into
+// `storage`). The stride of a size-1 dimension is never used and is passed
+// as 0, so that it cannot defeat the launcher's alignment checks.
+template <class D, class T>
+cuda::AttentionOperand<T> cuda_operand(const TensorView<D, const T>& x, Tensor<D, T>& storage) {
+  const auto used_stride = [&](int axis) { return x.dim(axis) == 1 ? std::int64_t{0} : x.stride(axis); };
+  if (x.dim(2) == 1 || x.stride(2) == 1) return {x.raw(), used_stride(0), used_stride(1)};
+  storage = contiguous(x);
+  return {storage.raw(), x.dim(0) == 1 ? 0 : x.dim(1) * x.dim(2), x.dim(1) == 1 ? 0 : x.dim(2)};
+}
+
+inline std::int64_t longest_segment(const std::vector<std::int64_t>& cu) {
+  std::int64_t longest = 0;
+  for (std::size_t s = 0; s + 1 < cu.size(); ++s) longest = std::max(longest, cu[s + 1] - cu[s]);
+  return longest;
+}
+
+// Enqueues attention on D's stream. cu_q / cu_k: device offsets (validated
+// on the host as `offsets_q` / `offsets_k`), or null for one segment.
+template <class D, class T>
+void attention_cuda(Tensor<D, T>& out, const TensorView<D, const T>& q, const TensorView<D, const T>& k,
+                    const TensorView<D, const T>& v, const std::int32_t* cu_q, const std::int32_t* cu_k,
+                    const std::vector<std::int64_t>& offsets_q, const std::vector<std::int64_t>& offsets_k,
+                    const AttentionDims& dims, float scale, MaskKind mask) {
+  detail::cuda_launch<D>(kAttentionOp, [&](const cuda::LaunchContext& ctx) {
+    Tensor<D, T> q_storage, k_storage, v_storage;
+    const auto qo = cuda_operand(q, q_storage);
+    const auto ko = cuda_operand(k, k_storage);
+    const auto vo = cuda_operand(v, v_storage);
+    cuda::AttentionShape shape;
+    shape.sq = dims.sq;
+    shape.skv = dims.skv;
+    shape.hq = dims.hq;
+    shape.hkv = dims.hkv;
+    shape.dh = dims.dh;
+    shape.dv = dims.dv;
+    shape.segments = static_cast<std::int64_t>(offsets_q.size()) - 1;
+    shape.max_q_len = longest_segment(offsets_q);
+    shape.max_k_len = longest_segment(offsets_k);
+    shape.scale = scale;
+    shape.causal = mask == MaskKind::Causal;
+    // Flash-decoding keeps the partial softmax state of each key split here.
+    const std::size_t workspace_bytes = cuda::attention_decode_workspace_bytes<T>(ctx, shape);
+    Buffer<D> workspace = workspace_bytes > 0 ? Buffer<D>(workspace_bytes) : Buffer<D>();
+    cuda::launch_attention<T>(ctx, out.raw(), qo, ko, vo, cu_q, cu_k, shape, workspace.get(), workspace_bytes);
+  });
+}
+
 }  // namespace detail::attn
 
 // Attention over one sequence: q [Sq, Hq, Dh], k [Skv, Hkv, Dh],
@@ -264,7 +319,8 @@ Tensor<device_of<Q>, element_of<Q>> attention(const Q& q, const K& k, const V& v
     if constexpr (is_cpu_v<D>) {
       detail::attn::attention_cpu(out.raw(), vq, vk, vv, {0, dims.sq}, {0, dims.skv}, scale, opt.mask);
     } else {
-      detail::cuda_backend_missing<D>(detail::attn::kAttentionOp);
+      detail::attn::attention_cuda(out, vq, vk, vv, nullptr, nullptr, {0, dims.sq}, {0, dims.skv}, dims, scale,
+                                   opt.mask);
     }
     return out;
   }
@@ -303,7 +359,19 @@ Tensor<device_of<Q>, element_of<Q>> attention(const Q& q, const K& k, const V& v
       detail::attn::attention_cpu(out.raw(), vq, vk, vv, offsets_q, offsets_k, scale, opt.mask);
       return out;
     } else {
-      detail::cuda_backend_missing<D>(detail::attn::kAttentionOp);
+      // The offsets are validated exactly as on the CPU, from a host copy (a
+      // few bytes, and a wait for q's stream): bad offsets are a ValueError
+      // here, never an out-of-bounds read in a kernel.
+      const auto host_cq = to<Host>(vcq);
+      const auto host_ck = to<Host>(vck);
+      const auto offsets_q = detail::attn::read_cu_seqlens(host_cq.view(), dims.sq, "cu_seqlens_q", "q");
+      const auto offsets_k = detail::attn::read_cu_seqlens(host_ck.view(), dims.skv, "cu_seqlens_k", "k");
+      Tensor<D, T> out(Shape{dims.sq, dims.hq, dims.dv});
+      const auto cu_q = detail::packed(vcq);
+      const auto cu_k = detail::packed(vck);
+      detail::attn::attention_cuda(out, vq, vk, vv, cu_q.get(), cu_k.get(), offsets_q, offsets_k, dims, scale,
+                                   opt.mask);
+      return out;
     }
   }
 }
