@@ -84,6 +84,9 @@ inline void device_to_host(DeviceContext& ctx, void* dst, const void* src, std::
   for (std::size_t offset = 0; offset < bytes; offset += PinnedStaging::kSlotBytes, ++chunk) {
     const std::size_t slot = chunk & 1;
     const std::size_t len = std::min(PinnedStaging::kSlotBytes, bytes - offset);
+    // The slot may still feed an earlier host-to-device copy on another
+    // stream of this device: the DMA into it waits for that (on the GPU).
+    check(cudaStreamWaitEvent(stream, st.done[slot], 0), "waiting for a staging slot");
     check(cudaMemcpyAsync(st.slot[slot], s + offset, len, cudaMemcpyDeviceToHost, stream),
           concat("device-to-host copy of ", len, " bytes from ", ctx.name));
     check(cudaEventRecord(st.done[slot], stream), "cudaEventRecord (staging)");
@@ -138,6 +141,7 @@ inline void device_to_device(DeviceContext& dst_ctx, void* dst, DeviceContext& s
     const DeviceGuard guard(src_ctx.physical);
     ensure_staging(src_ctx);
     check(cudaStreamSynchronize(stream), what);  // the caller's ordering, made host-visible
+    check(cudaEventSynchronize(src_ctx.staging.done[0]), what);  // an earlier copy may still read the slot
   }
   auto* d = static_cast<std::byte*>(dst);
   const auto* s = static_cast<const std::byte*>(src);
