@@ -1,0 +1,74 @@
+// libFuzzer target for the JSON files of a Hugging Face checkpoint:
+// model.safetensors.index.json (parse_checkpoint_index), config.json
+// (Qwen2Config) and generation_config.json (GenerationConfig). Every input
+// goes through all three parsers; each must either succeed (and then satisfy
+// its invariants) or fail with a tessera::Error. Anything else (a crash, a
+// sanitizer report, a foreign exception such as nlohmann's, a broken
+// invariant) is a bug.
+//
+// Built with clang -fsanitize=fuzzer,address,undefined when
+// TESSERA_BUILD_FUZZERS=ON; the same function is replayed over the committed
+// seed corpus (tests/fuzz/corpus/hf_json) by the fuzz_hf_json_corpus CTest
+// with any compiler.
+#include <tessera/io/checkpoint.hpp>
+#include <tessera/io/config.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+namespace {
+
+void check(bool ok) {
+  if (!ok) std::abort();
+}
+
+void index_invariants(std::string_view text) {
+  const auto index = tessera::io::parse_checkpoint_index(text, "fuzz-index.json");
+  check(!index.weight_map.empty() && !index.shards.empty());
+  check(std::is_sorted(index.shards.begin(), index.shards.end()));
+  check(std::adjacent_find(index.shards.begin(), index.shards.end()) == index.shards.end());
+  for (const auto& shard : index.shards) check(tessera::io::detail::plain_file_name(shard));
+  for (const auto& [name, id] : index.weight_map) check(id < index.shards.size());
+}
+
+void config_invariants(std::string_view text) {
+  const auto c = tessera::io::Qwen2Config::parse(text, "fuzz-config.json");
+  check(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.max_position_embeddings > 0);
+  check(c.num_attention_heads > 0 && c.num_key_value_heads > 0);
+  check(c.num_attention_heads % c.num_key_value_heads == 0);
+  check(c.head_dim() > 0);
+  check(c.head_dim_override || c.hidden_size % c.num_attention_heads == 0);
+  check(c.rms_norm_eps > 0 && c.rope.theta > 0);
+  check(static_cast<std::int64_t>(c.layer_types.size()) == c.num_hidden_layers);
+  check(c.rope.type == "default" || c.rope.type == "mrope");
+  for (auto id : c.eos_token_ids) check(id >= 0);
+}
+
+void generation_invariants(std::string_view text) {
+  const auto g = tessera::io::GenerationConfig::parse(text, "fuzz-generation.json");
+  check(g.temperature >= 0 && g.top_k >= 0 && g.top_p > 0 && g.top_p <= 1 && g.repetition_penalty > 0);
+  check(!g.max_new_tokens || *g.max_new_tokens > 0);
+  check(g.max_length > 0);
+}
+
+template <class Fn>
+void expect_clean(Fn&& fn, std::string_view text) {
+  try {
+    fn(text);
+  } catch (const tessera::Error&) {
+    // a rejected file: expected
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view text(reinterpret_cast<const char*>(data), size);
+  expect_clean(index_invariants, text);
+  expect_clean(config_invariants, text);
+  expect_clean(generation_invariants, text);
+  return 0;
+}
