@@ -245,6 +245,33 @@ void split(Tensor<D, T>&& x, int axis, std::span<const std::int64_t> sizes) = de
 template <Device D, DType T>
 void split(Tensor<D, T>&& x, int axis, std::initializer_list<std::int64_t> sizes) = delete;
 
+// ---- copy_into -----------------------------------------------------------------
+//
+// Writes the elements of `src` into the existing (possibly strided) view
+// `dst` of the same shape and device: how a KV cache appends the new tokens'
+// keys into its slab, ops::copy_into(cache.slice(0, len, len + s), k).
+// dst and src must not overlap.
+template <Device D, DType T, AnyTensor Src>
+void copy_into(const TensorView<D, T>& dst, const Src& src) {
+  require_same_device<D, device_of<Src>>();
+  require_same_dtype<T, element_of<Src>>();
+  if constexpr (!detail::operands_on<D, T, Src>) {
+    return;  // a gate above has already failed
+  } else {
+    constexpr std::string_view op = "ops::copy_into";
+    const auto vs = as_view(src);
+    detail::check(vs.shape() == dst.shape(), op, "destination ", dst.shape().to_string(), " and source ",
+                  vs.shape().to_string(), " differ");
+    if constexpr (is_cpu_v<D>) {
+      tessera::detail::copy_strided(dst.raw(), dst.strides(), vs.raw(), vs.strides(), vs.shape());
+    } else {
+      detail::cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
+        detail::shape_ops::cuda_copy_strided(ctx, dst.raw(), dst.strides(), vs.raw(), vs.strides(), vs.shape());
+      });
+    }
+  }
+}
+
 // ---- slice -------------------------------------------------------------------
 //
 // Elements [start, stop) of dimension `axis`, as a new contiguous tensor (the
