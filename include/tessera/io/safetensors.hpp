@@ -213,6 +213,14 @@ inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> fil
                " bytes long, too short for the 8-byte header length at its start (truncated or not a "
                "safetensors file)");
   }
+  // A Git LFS pointer in place of the weights is the most common "corrupt"
+  // checkpoint (a clone without git-lfs): say so instead of quoting a length.
+  constexpr std::string_view kLfsPointer = "version https://git-lfs";
+  if (file.size() >= kLfsPointer.size() &&
+      std::memcmp(file.data(), kLfsPointer.data(), kLfsPointer.size()) == 0) {
+    throw fail("this is a Git LFS pointer file, not the weights: fetch the real file (git lfs pull, or "
+               "download it from the hub)");
+  }
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint64_t>(file[static_cast<std::size_t>(i)]);
   if (n > kMaxSafetensorsHeaderBytes) {
