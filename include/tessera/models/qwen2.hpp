@@ -27,6 +27,7 @@
 
 #include "../io/checkpoint.hpp"
 #include "../io/config.hpp"
+#include "../io/progress.hpp"
 #include "../nn/linear.hpp"
 #include "../ops/activation.hpp"
 #include "../ops/attention.hpp"
@@ -113,7 +114,14 @@ class Qwen2<Single<D>, T> {
         const std::string& lm_head_name)
       : config_(std::move(config)) {
     check_supported(checkpoint.directory().string());
-    const auto weight = [&](const std::string& name) { return checkpoint.load<D, T>(name); };
+    // A bar on stderr (a terminal only) when loading takes over a second.
+    io::ProgressBar progress(detail::concat("loading ", checkpoint.directory().filename().string()),
+                             checkpoint.total_bytes());
+    const auto weight = [&](const std::string& name) {
+      Tensor<D, T> t = checkpoint.load<D, T>(name);
+      progress.advance(checkpoint.info(name).nbytes);
+      return t;
+    };
     embed_tokens_ = weight(prefix + "embed_tokens.weight");
     for (std::int64_t i = 0; i < config_.num_hidden_layers; ++i) {
       const std::string p = detail::concat(prefix, "layers.", i, ".");
@@ -137,6 +145,7 @@ class Qwen2<Single<D>, T> {
                                        lm_head_name, "' and config.json does not tie the word embeddings "
                                        "(tie_word_embeddings is false)"));
     }
+    progress.finish();
   }
 
   const io::Qwen2Config& config() const noexcept { return config_; }
