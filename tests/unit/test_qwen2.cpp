@@ -175,6 +175,33 @@ TEST_P(Qwen2Golden, BatchedPromptsEqualThePromptsOneByOne) {
   }
 }
 
+TEST_P(Qwen2Golden, LeftPaddedBatchWithAttentionMaskMatchesTransformers) {
+  // transformers' own padded batch (input_ids + attention_mask) gives, at
+  // each row's last position, the first-step logits it recorded.
+  const Reference ref(GetParam());
+  const Model& m = model(GetParam());
+  const auto ids = ref.arrays.load<Host, std::int64_t>("batch.input_ids");
+  const auto mask = ref.arrays.load<Host, std::int64_t>("batch.attention_mask");
+  const auto steps = ref.floats("batch.greedy.logits");  // [steps, B, V]
+  std::vector<Model::Cache> caches;
+  for (std::int64_t i = 0; i < ids.dim(0); ++i) caches.push_back(m.new_cache(256));
+  std::vector<Model::Cache*> cache_ptrs;
+  for (auto& c : caches) cache_ptrs.push_back(&c);
+  const auto out = m.forward_padded(ids, mask, cache_ptrs);
+  ASSERT_EQ(out.size(), static_cast<std::size_t>(ids.dim(0)));
+  for (std::int64_t i = 0; i < ids.dim(0); ++i) {
+    const auto logits = to<Host>(out[static_cast<std::size_t>(i)]);
+    auto expected = contiguous(steps.view().select(0, 0).select(0, i));
+    expected.reshape_inplace(Shape{1, steps.dim(2)});
+    EXPECT_TRUE(rows_close(logits, logits.dim(0) - 1, expected, 0, 1e-4 * max_abs(expected))) << "row " << i;
+  }
+  // Padding anywhere but on the left is refused.
+  auto bad_mask = contiguous(mask);
+  bad_mask.span()[static_cast<std::size_t>(mask.dim(1) - 1)] = 0;
+  for (auto& c : caches) c.clear();
+  expect_error<ValueError>([&] { (void)m.forward_padded(ids, bad_mask, cache_ptrs); }, {"only left padding"});
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, Qwen2Golden, ::testing::Values("untied", "tied"));
 
 // Indices of the k largest entries of row `row`.

@@ -198,6 +198,36 @@ class Qwen2<Single<D>, T> {
     return out;
   }
 
+  // A batch as transformers takes it: ids and attention_mask [B, L] on the
+  // host, each row left-padded (mask 0 on the padding, then 1s). The padding
+  // is dropped rather than masked, so each row's real tokens are computed
+  // exactly as forward_batch computes them; returns each row's logits for
+  // its real tokens. Padding on the right or inside a row is a ValueError.
+  std::vector<Tensor<D, T>> forward_padded(const Tensor<Host, std::int64_t>& ids,
+                                           const Tensor<Host, std::int64_t>& attention_mask,
+                                           std::span<Cache* const> caches) const {
+    if (ids.rank() != 2 || attention_mask.shape() != ids.shape()) {
+      throw ShapeError(detail::concat("Qwen2::forward_padded: ids ", ids.shape().to_string(), " and attention_mask ",
+                                      attention_mask.shape().to_string(), " must both be [batch, length]"));
+    }
+    const std::int64_t rows = ids.dim(0), width = ids.dim(1);
+    std::vector<std::span<const std::int64_t>> sequences;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t* mask = attention_mask.raw() + r * width;
+      std::int64_t first = 0;
+      while (first < width && mask[first] == 0) ++first;
+      for (std::int64_t c = first; c < width; ++c) {
+        if (mask[c] != 1) {
+          throw ValueError(detail::concat("Qwen2::forward_padded: attention_mask row ", r, " has ", mask[c],
+                                          " at position ", c, " after its first 1; only left padding (0s, then 1s) "
+                                          "is supported"));
+        }
+      }
+      sequences.emplace_back(ids.raw() + r * width + first, static_cast<std::size_t>(width - first));
+    }
+    return forward_batch(sequences, caches);
+  }
+
  private:
   struct Layer {
     nn::Linear<D, T> q, k, v, o, gate, up, down;
