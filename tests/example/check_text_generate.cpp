@@ -40,7 +40,7 @@ struct Failure : std::runtime_error {
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Failure("cannot read " + path.string());
+  if (!in) throw Failure(std::string("cannot read ").append(path.string()));
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
@@ -48,7 +48,10 @@ std::string read_file(const fs::path& path) {
 
 std::string join(const std::vector<std::int64_t>& ids) {
   std::string s;
-  for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? " " : "") + std::to_string(ids[i]);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ' ';
+    s += std::to_string(ids[i]);
+  }
   return s;
 }
 

@@ -114,7 +114,11 @@ class ProgressBar {
  private:
   void draw(Clock::time_point now) {
     const double seconds = std::chrono::duration<double>(now - start_).count();
-    write("\r" + render(label_, done_, total_, seconds, options_.width));
+    // Appended rather than "\r" + render(...): GCC 12 at -O3 reports a false
+    // -Wrestrict overlap for operator+(const char*, std::string&&).
+    std::string line(1, '\r');
+    line += render(label_, done_, total_, seconds, options_.width);
+    write(line);
     shown_ = true;
     last_draw_ = now;
   }
