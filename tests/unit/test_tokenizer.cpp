@@ -100,7 +100,8 @@ TEST_P(CorpusTest, IdsEqualTokenizers) {
 TEST_P(CorpusTest, SplitSpecialTokensEqualsEncodeSpecialTokens) {
   EncodeOptions options;
   options.split_special_tokens = true;
-  for (const json& e : corpus().at("entries")) {
+  const json c = corpus();  // named: a temporary's member would die before the loop runs
+  for (const json& e : c.at("entries")) {
     EXPECT_EQ(tok().encode(e.at("text").get<std::string>(), options), ids_of(e.at("ids_special_as_text")))
         << e.at("name").get<std::string>();
   }
@@ -139,7 +140,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CorpusTest, ::testing::Values("corpus.json", 
                          [](const auto& param_info) { return std::string(param_info.param).substr(0, 6); });
 
 TEST(TokenizerRoundTrip, DecodeOfEncodeIsNfcText) {
-  for (const json& e : read_json("corpus.json").at("entries")) {
+  const json corpus = read_json("corpus.json");  // a named object: the loop's range must outlive it
+  for (const json& e : corpus.at("entries")) {
     const std::string text = e.at("text");
     EXPECT_EQ(qwen2_like().decode(qwen2_like().encode(text)), unicode::normalize(text, unicode::NormalForm::NFC))
         << e.at("name").get<std::string>();
