@@ -32,11 +32,6 @@ Tensor<Host, T> pattern(Shape shape) {
   return t;
 }
 
-template <class T>
-bool same_bytes(const Tensor<Host, T>& a, const Tensor<Host, T>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
-}
-
 #if defined(TESSERA_WITH_CUDA)
 
 TEST(CudaDeviceMap, ParsesCommaSeparatedPhysicalIndices) {
@@ -82,7 +77,7 @@ TYPED_TEST(CudaTransfer, HostDeviceHostRoundTripIsBitExact) {
   for (const Shape& shape : kTransferShapes) {
     const auto h = pattern<T>(shape);
     const auto back = to<Host>(to<Cuda<0>>(h));
-    EXPECT_TRUE(same_bytes(h, back)) << "shape " << shape;
+    EXPECT_TRUE(same_bits(h, back)) << "shape " << shape;
   }
 }
 
@@ -94,8 +89,8 @@ TYPED_TEST(CudaTransfer, DeviceToDeviceBothWaysIsBitExact) {
     const auto on0 = to<Cuda<0>>(h);
     const auto on1 = to<Cuda<1>>(on0);
     const auto again0 = to<Cuda<0>>(on1);
-    EXPECT_TRUE(same_bytes(h, to<Host>(on1))) << "Cuda<0> -> Cuda<1>, shape " << shape;
-    EXPECT_TRUE(same_bytes(h, to<Host>(again0))) << "Cuda<1> -> Cuda<0>, shape " << shape;
+    EXPECT_TRUE(same_bits(h, to<Host>(on1))) << "Cuda<0> -> Cuda<1>, shape " << shape;
+    EXPECT_TRUE(same_bits(h, to<Host>(again0))) << "Cuda<1> -> Cuda<0>, shape " << shape;
   }
 }
 
@@ -107,7 +102,7 @@ TYPED_TEST(CudaTransfer, SameDeviceCopyIsIndependent) {
   const auto b = contiguous(a);
   EXPECT_NE(a.raw(), b.raw());
   a = to<Cuda<0>>(pattern<T>({2}));  // frees the original; b must be unaffected
-  EXPECT_TRUE(same_bytes(h, to<Host>(b)));
+  EXPECT_TRUE(same_bits(h, to<Host>(b)));
 }
 
 TYPED_TEST(CudaTransfer, StridedViewsAreGatheredOnEitherSide) {
@@ -118,14 +113,14 @@ TYPED_TEST(CudaTransfer, StridedViewsAreGatheredOnEitherSide) {
   // Device-side strided view -> host (packed on the GPU first).
   const auto from_device = to<Host>(on_device.view().transpose(0, 2).slice(1, 2, 6));
   const auto expected = to<Host>(h.view().transpose(0, 2).slice(1, 2, 6));
-  EXPECT_TRUE(same_bytes(expected, from_device));
+  EXPECT_TRUE(same_bits(expected, from_device));
   // Host-side strided view -> device.
   const auto to_device = to<Host>(to<Cuda<0>>(h.view().select(1, 4)));
-  EXPECT_TRUE(same_bytes(to<Host>(h.view().select(1, 4)), to_device));
+  EXPECT_TRUE(same_bits(to<Host>(h.view().select(1, 4)), to_device));
   // Device -> device of a strided view.
   if (testing::device_available<Cuda<1>>()) {
     const auto across = to<Host>(to<Cuda<1>>(on_device.view().transpose(0, 1)));
-    EXPECT_TRUE(same_bytes(to<Host>(h.view().transpose(0, 1)), across));
+    EXPECT_TRUE(same_bits(to<Host>(h.view().transpose(0, 1)), across));
   }
 }
 
@@ -144,12 +139,12 @@ TEST(CudaTransferStreams, SideStreamCopiesAreOrderedBeforeLaterWork) {
     const auto b1 = to<Cuda<1>>(b0, side);
     const auto sum = to<Host>(ops::add(a1, b1));
     const auto expected = to<Host>(ops::add(ha, hb));
-    ASSERT_TRUE(same_bytes(expected, sum)) << "iteration " << i;
+    ASSERT_TRUE(same_bits(expected, sum)) << "iteration " << i;
   }
   // The source side's stream may also carry the copy.
   cuda::Stream<Cuda<0>> source_side;
-  EXPECT_TRUE(same_bytes(ha, to<Host>(to<Cuda<1>>(a0, source_side))));
-  EXPECT_TRUE(same_bytes(ha, to<Host>(to<Cuda<0>>(ha, source_side))));
+  EXPECT_TRUE(same_bits(ha, to<Host>(to<Cuda<1>>(a0, source_side))));
+  EXPECT_TRUE(same_bits(ha, to<Host>(to<Cuda<0>>(ha, source_side))));
 }
 
 TEST(CudaMemory, LedgerTracksLiveAndPeakBytes) {
@@ -191,7 +186,7 @@ TEST(CudaMemory, RealDeviceOutOfMemoryBecomesOutOfMemory) {
   EXPECT_EQ(ledger<Cuda<0>>().live(), live_before) << "a failed allocation must not stay charged";
   // The device still works afterwards.
   const auto h = pattern<float>({16});
-  EXPECT_TRUE(same_bytes(h, to<Host>(to<Cuda<0>>(h))));
+  EXPECT_TRUE(same_bits(h, to<Host>(to<Cuda<0>>(h))));
 }
 
 TEST(CudaMemory, NewAllocationsArePoisonedWhenAsked) {
@@ -223,7 +218,7 @@ TEST(CudaDeviceGuard, OpsDoNotDependOnTheCurrentDevice) {
   const auto h = pattern<float>({64});
   const auto on1 = to<Cuda<1>>(h);
   const auto doubled = to<Host>(ops::add(on1, on1));
-  EXPECT_TRUE(same_bytes(to<Host>(ops::add(h, h)), doubled));
+  EXPECT_TRUE(same_bits(to<Host>(ops::add(h, h)), doubled));
 }
 
 #else  // a build without the CUDA backend

@@ -56,11 +56,6 @@ std::vector<double> layer_norm_reference(const std::vector<double>& x, const std
   return out;
 }
 
-template <class T>
-bool same_bits(const Tensor<Host, T>& a, const Tensor<Host, T>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
-}
-
 TYPED_TEST(Norm, RmsNormMatchesReference) {
   using D = typename TypeParam::device;
   using T = typename TypeParam::dtype;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <initializer_list>
 #include <random>
@@ -139,6 +140,13 @@ template <class T>
 ::testing::AssertionResult all_close(const std::vector<double>& actual, const std::vector<double>& expected,
                                      Tolerance<T> tol = default_tolerance<T>()) {
   return all_close(actual, expected, tol.atol, tol.rtol);
+}
+
+// Same shape and identical bytes: for results that promise exact equality
+// (copies, transfers, fused kernels equal to their unfused sequence).
+template <class T>
+bool same_bits(const Tensor<Host, T>& a, const Tensor<Host, T>& b) {
+  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
 }
 
 // Expects `fn` to throw E (ShapeError, ValueError, ...) whose what() contains

@@ -166,17 +166,7 @@ Tensor<D, T> pack_on_device(const TensorView<D, const T>& view) {
   Tensor<D, T> out(view.shape());
   DeviceContext& ctx = context<D>();
   const DeviceGuard guard(ctx.physical);
-  cuda::StridedLayout dst_layout, src_layout;
-  dst_layout.rank = src_layout.rank = view.rank();
-  const Strides dst_strides = contiguous_strides(view.shape());
-  for (int d = 0; d < view.rank(); ++d) {
-    dst_layout.shape[d] = src_layout.shape[d] = view.shape()[d];
-    dst_layout.strides[d] = dst_strides[static_cast<std::size_t>(d)];
-    src_layout.strides[d] = view.strides()[static_cast<std::size_t>(d)];
-  }
-  using E = bits_t<T>;
-  launch_copy_strided<E>(ctx.launch, reinterpret_cast<E*>(out.raw()), dst_layout,
-                         reinterpret_cast<const E*>(view.raw()), src_layout);
+  copy_strided(ctx.launch, out.raw(), out.strides(), view.raw(), view.strides(), view.shape());
   return out;
 }
 

@@ -41,7 +41,7 @@ Tensor<device_of<X>, element_of<X>> unary_activation(const X& x, std::string_vie
     cpu_unary(out.raw(), vx, fn, kTranscendentalCost);
   } else {
     cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_activation<T>(ctx, kind, out.raw(), vx.raw(), strided_layout(vx.shape(), vx.strides()));
+      cuda::launch_activation<T>(ctx, kind, out.raw(), vx.raw(), strided_layout(vx));
     });
   }
   return out;
@@ -93,8 +93,8 @@ Tensor<device_of<G>, element_of<G>> swiglu(const G& gate, const U& up) {
         detail::kTranscendentalCost);
   } else {
     detail::cuda_launch<D>("ops::swiglu", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_swiglu<T>(ctx, out.raw(), vg.raw(), detail::strided_layout(vg.shape(), vg.strides()), vu.raw(),
-                             detail::strided_layout(vu.shape(), vu.strides()));
+      cuda::launch_swiglu<T>(ctx, out.raw(), vg.raw(), detail::strided_layout(vg), vu.raw(),
+                             detail::strided_layout(vu));
     });
   }
   return out;

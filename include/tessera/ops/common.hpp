@@ -110,15 +110,11 @@ PackedOperand<device_of<X>, element_of<X>> packed(const X& x) {
   return PackedOperand<device_of<X>, element_of<X>>(as_view(x));
 }
 
-// A tessera shape and strides as the POD the kernels take.
-inline cuda::StridedLayout strided_layout(const Shape& shape, const Strides& strides) {
-  cuda::StridedLayout l;
-  l.rank = shape.rank();
-  for (int d = 0; d < shape.rank(); ++d) {
-    l.shape[d] = shape[d];
-    l.strides[d] = strides[static_cast<std::size_t>(d)];
-  }
-  return l;
+// The StridedLayout POD of a shape and strides, or of a view.
+using cuda::strided_layout;
+template <class V>
+cuda::StridedLayout strided_layout(const V& view) {
+  return cuda::strided_layout(view.shape(), view.strides());
 }
 
 template <class T>

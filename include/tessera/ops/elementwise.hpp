@@ -64,7 +64,7 @@ auto scale(const X& x, float factor) {
     detail::cpu_unary(out.raw(), vx, [factor](float v) { return v * factor; });
   } else {
     detail::cuda_launch<D>("ops::scale", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_scale<T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()), factor);
+      cuda::launch_scale<T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx), factor);
     });
   }
   return out;
@@ -88,8 +88,8 @@ void residual_add(Tensor<D, T>& hidden, const R& residual) {
     const auto vh = hidden.view();
     detail::cuda_launch<D>("ops::residual_add", [&](const cuda::LaunchContext& ctx) {
       cuda::launch_binary<T>(ctx, cuda::BinaryOp::add, vh.raw(), vh.raw(),
-                             detail::strided_layout(vh.shape(), vh.strides()), vr.raw(),
-                             detail::strided_layout(vr.shape(), vr.strides()));
+                             detail::strided_layout(vh), vr.raw(),
+                             detail::strided_layout(vr));
     });
   }
 }
@@ -111,7 +111,7 @@ Tensor<device_of<X>, U> cast(const X& x) {
                                [&](std::int64_t i, const auto& off) { dst[i] = convert<U>(src[off[0]]); });
   } else {
     detail::cuda_launch<D>("ops::cast", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_cast<U, T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()));
+      cuda::launch_cast<U, T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx));
     });
   }
   return out;

@@ -71,7 +71,7 @@ Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
       detail::cuda_launch<D>("ops::embedding", [&](const cuda::LaunchContext& ctx) {
         Buffer<D> workspace(cuda::embedding_workspace_bytes());
         ids_check = cuda::launch_embedding<T, Id>(ctx, out.raw(), vt.raw(), vocab, hidden, vt.stride(0), vt.stride(1),
-                                                  vi.raw(), detail::strided_layout(vi.shape(), vi.strides()),
+                                                  vi.raw(), detail::strided_layout(vi),
                                                   workspace.get());
       });
     }

@@ -158,9 +158,9 @@ Tensor<device_of<X>, element_of<X>> apply_rope(const X& x, const C& cos, const S
   } else {
     // x, cos and sin are read in place, whatever their strides.
     detail::cuda_launch<D>("ops::apply_rope", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_apply_rope<T, TC>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()),
-                                     vc.raw(), detail::strided_layout(vc.shape(), vc.strides()), vs.raw(),
-                                     detail::strided_layout(vs.shape(), vs.strides()));
+      cuda::launch_apply_rope<T, TC>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx),
+                                     vc.raw(), detail::strided_layout(vc), vs.raw(),
+                                     detail::strided_layout(vs));
     });
   }
   return out;

@@ -54,16 +54,6 @@ inline std::string list_string(std::span<const int> values) {
   return s + "]";
 }
 
-// Copies `shape`-shaped elements between two strided layouts on a CUDA
-// device (the kernel in ops/cuda/shape.cuh moves bits, so any dtype).
-template <class T>
-void cuda_copy_strided(const cuda::LaunchContext& ctx, T* dst, const Strides& dst_strides, const T* src,
-                       const Strides& src_strides, const Shape& shape) {
-  using E = cuda::bits_t<T>;
-  cuda::launch_copy_strided<E>(ctx, reinterpret_cast<E*>(dst), strided_layout(shape, dst_strides),
-                               reinterpret_cast<const E*>(src), strided_layout(shape, src_strides));
-}
-
 // A new contiguous tensor holding the elements of `view` in row-major order.
 template <Device D, DType T>
 Tensor<D, T> materialize(const TensorView<D, const T>& view, std::string_view op) {
@@ -72,7 +62,7 @@ Tensor<D, T> materialize(const TensorView<D, const T>& view, std::string_view op
     tessera::detail::gather_strided(out.raw(), view.raw(), view.shape(), view.strides());
   } else {
     cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-      cuda_copy_strided(ctx, out.raw(), out.strides(), view.raw(), view.strides(), view.shape());
+      cuda::copy_strided(ctx, out.raw(), out.strides(), view.raw(), view.strides(), view.shape());
     });
   }
   return out;
@@ -134,7 +124,7 @@ Tensor<D, T> concat_views(std::span<const TensorView<D, const T>> inputs, int ax
   } else {
     cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
       copy_inputs([&](T* dst, const TensorView<D, const T>& in) {
-        cuda_copy_strided(ctx, dst, out_strides, in.raw(), in.strides(), in.shape());
+        cuda::copy_strided(ctx, dst, out_strides, in.raw(), in.strides(), in.shape());
       });
     });
   }
@@ -266,7 +256,7 @@ void copy_into(const TensorView<D, T>& dst, const Src& src) {
       tessera::detail::copy_strided(dst.raw(), dst.strides(), vs.raw(), vs.strides(), vs.shape());
     } else {
       detail::cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-        detail::shape_ops::cuda_copy_strided(ctx, dst.raw(), dst.strides(), vs.raw(), vs.strides(), vs.shape());
+        cuda::copy_strided(ctx, dst.raw(), dst.strides(), vs.raw(), vs.strides(), vs.shape());
       });
     }
   }

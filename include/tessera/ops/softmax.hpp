@@ -104,7 +104,7 @@ Tensor<device_of<X>, element_of<X>> softmax(const X& x) {
     detail::softmax_rows_cpu(out.raw(), vx, static_cast<const T*>(nullptr), Strides{});
   } else {
     detail::cuda_launch<D>("ops::softmax", [&](const cuda::LaunchContext& ctx) {
-      const cuda::StridedLayout x_layout = detail::strided_layout(vx.shape(), vx.strides());
+      const cuda::StridedLayout x_layout = detail::strided_layout(vx);
       cuda::launch_softmax<T, T>(ctx, out.raw(), vx.raw(), x_layout, static_cast<const T*>(nullptr), x_layout);
     });
   }
@@ -135,7 +135,7 @@ Tensor<device_of<X>, element_of<X>> softmax(const X& x, const M& mask) {
     // x and the mask are read in place; the mask through its strides
     // broadcast to x's shape (0 on broadcast dimensions).
     detail::cuda_launch<D>("ops::softmax", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_softmax<T, MT>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx.shape(), vx.strides()), vm.raw(),
+      cuda::launch_softmax<T, MT>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx), vm.raw(),
                                   detail::strided_layout(vx.shape(), detail::broadcast_strides(vm, vx.shape())));
     });
   }

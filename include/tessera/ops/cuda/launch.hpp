@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../core/shape.hpp"
+
 struct CUstream_st;      // cudaStream_t is CUstream_st*
 struct cublasLtContext;  // cublasLtHandle_t is cublasLtContext*
 
@@ -36,5 +38,16 @@ struct StridedLayout {
   std::int64_t shape[8] = {};
   std::int64_t strides[8] = {};
 };
+
+// A tessera shape and element strides as the POD the kernels take.
+inline StridedLayout strided_layout(const Shape& shape, const Strides& strides) {
+  StridedLayout l;
+  l.rank = shape.rank();
+  for (int d = 0; d < shape.rank(); ++d) {
+    l.shape[d] = shape[d];
+    l.strides[d] = strides[static_cast<std::size_t>(d)];
+  }
+  return l;
+}
 
 }  // namespace tessera::cuda

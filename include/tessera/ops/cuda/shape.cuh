@@ -33,6 +33,17 @@ struct bits_of<8> { using type = std::uint64_t; };
 template <class T>
 using bits_t = typename bits_of<sizeof(T)>::type;
 
+// Copies `shape`-shaped elements of any dtype between two strided layouts of
+// device memory on ctx's stream: what contiguous(), to<> of a strided device
+// view and the materialising shape ops all run.
+template <class T>
+void copy_strided(const LaunchContext& ctx, T* dst, const Strides& dst_strides, const T* src,
+                  const Strides& src_strides, const Shape& shape) {
+  using E = bits_t<T>;
+  launch_copy_strided<E>(ctx, reinterpret_cast<E*>(dst), strided_layout(shape, dst_strides),
+                         reinterpret_cast<const E*>(src), strided_layout(shape, src_strides));
+}
+
 }  // namespace tessera::cuda
 
 #if defined(__CUDACC__)
