@@ -320,6 +320,26 @@ template <class C>
 class ShapeOpsInt : public ::testing::Test {};
 TYPED_TEST_SUITE(ShapeOpsInt, IntConfigs, ConfigName);
 
+// copy_into writes a (strided) source into a (strided) region of an existing
+// tensor, leaving every other element as it was: the KV-cache append.
+template <class D, class T>
+void copy_into_writes_only_the_region() {
+  const auto hdst = make_input<T>({6, 5});
+  auto dst = to<D>(hdst);
+  auto expected = contiguous(hdst);
+  // Rows 3..4 from a transposed source; then column 2 from a [6, 1] source.
+  const auto hrows = make_input<T>({5, 2});
+  ops::copy_into(dst.view().slice(0, 3, 5), to<D>(hrows).view().transpose(0, 1));
+  const auto hcol = make_input<T>({6, 1});
+  ops::copy_into(dst.view().slice(1, 2, 3), to<D>(hcol));
+  for (std::int64_t r = 3; r < 5; ++r)
+    for (std::int64_t c = 0; c < 5; ++c) expected.at(r, c) = hrows.at(c, r - 3);
+  for (std::int64_t r = 0; r < 6; ++r) expected.at(r, 2) = hcol.at(r, 0);
+  EXPECT_TRUE(same_bits(to<Host>(dst), expected));
+  expect_shape_error([&] { ops::copy_into(dst.view().slice(0, 0, 2), to<D>(hcol)); },
+                     {"ops::copy_into", "[2, 5]", "[6, 1]"});
+}
+
 #define TESSERA_SHAPE_TEST(Name, body)                                 \
   TYPED_TEST(ShapeOps, Name) {                                         \
     TESSERA_SKIP_UNLESS_AVAILABLE(typename TypeParam::device);         \
@@ -337,6 +357,7 @@ TESSERA_SHAPE_TEST(SliceMatchesReference, slice_matches_reference)
 TESSERA_SHAPE_TEST(TransposeMatchesReference, transpose_matches_reference)
 TESSERA_SHAPE_TEST(PermuteRank4MatchesNaiveIndexMapping, permute_matches_naive_index_mapping)
 TESSERA_SHAPE_TEST(ErrorsNameTheOpAndTheShapes, errors_name_the_op_and_the_shapes)
+TESSERA_SHAPE_TEST(CopyIntoWritesOnlyTheRegion, copy_into_writes_only_the_region)
 
 // ---- host-only checks -----------------------------------------------------------
 
