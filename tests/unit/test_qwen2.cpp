@@ -250,6 +250,31 @@ TEST(Qwen2, TiedEmbeddingsServeAsTheOutputProjection) {
   EXPECT_TRUE(model("tied").config().tie_word_embeddings);
 }
 
+// forward_embeddings is the entry multimodal models use (their own
+// embeddings and rotary tables): with the token embeddings and the 1-D
+// tables of positions cache.length() + i it must be forward(), bit for bit,
+// for the prefill and for a decode step after it.
+TEST(Qwen2, ForwardEmbeddingsWithTokenEmbeddingsAndPlainTablesIsForward) {
+  const Model& m = model("untied");
+  const std::vector<std::int64_t> prompt = {311, 967, 768, 909}, next = {42};
+  auto a = m.new_cache(8), b = m.new_cache(8);
+  const auto tables_for = [&](std::int64_t first, std::int64_t n) {
+    Tensor<Host, std::int64_t> pos(Shape{n});
+    for (std::int64_t i = 0; i < n; ++i) pos.span()[static_cast<std::size_t>(i)] = first + i;
+    return ops::rope_tables(to<Cpu<0>>(pos), m.config().head_dim(), m.config().rope.theta);
+  };
+  const auto ids_tensor = [](const std::vector<std::int64_t>& ids) {
+    Tensor<Host, std::int64_t> t(Shape{static_cast<std::int64_t>(ids.size())});
+    std::copy(ids.begin(), ids.end(), t.span().begin());
+    return to<Cpu<0>>(t);
+  };
+  EXPECT_TRUE(same_bits(m.forward(prompt, a), m.forward_embeddings(m.embed(ids_tensor(prompt)), tables_for(0, 4), b)));
+  EXPECT_TRUE(same_bits(m.forward(next, a), m.forward_embeddings(m.embed(ids_tensor(next)), tables_for(4, 1), b)));
+  EXPECT_EQ(b.length(), 5);
+  expect_error<ShapeError>([&] { (void)m.forward_embeddings(m.embed(ids_tensor(next)), tables_for(0, 2), b); },
+                           {"rotary tables [2, ", "must be [1, head_dim"});
+}
+
 TEST(Qwen2, CacheOverflowIsAClearError) {
   auto cache = model("untied").new_cache(4);
   const std::vector<std::int64_t> ids = {1, 2, 3, 4, 5};

@@ -41,6 +41,17 @@ std::vector<std::int64_t> generate(const Model& model, std::span<const std::int6
                                    const SamplingOptions& options,
                                    const std::function<void(std::int64_t)>& on_token = {});
 
+// The same loop over a multimodal prompt (e.g. models::qwen2_5_vl::Prompt:
+// ids plus images): model.forward(prompt, cache) runs the prefill, and
+// prompt_ids(prompt), found by argument-dependent lookup, gives the ids the
+// repetition penalty sees.
+template <class Model, class Prompt>
+  requires requires(const Prompt& p) {
+    { prompt_ids(p) } -> std::convertible_to<std::span<const std::int64_t>>;
+  }
+std::vector<std::int64_t> generate(const Model& model, const Prompt& prompt, const SamplingOptions& options,
+                                   const std::function<void(std::int64_t)>& on_token = {});
+
 // ---- implementation ------------------------------------------------------------
 
 namespace detail {
@@ -66,9 +77,14 @@ inline bool is_eos(std::int64_t id, const SamplingOptions& options) {
 
 }  // namespace detail
 
-template <class Model>
-std::vector<std::int64_t> generate(const Model& model, std::span<const std::int64_t> prompt,
-                                   const SamplingOptions& options, const std::function<void(std::int64_t)>& on_token) {
+namespace detail {
+
+// The loop itself: `prefill` is what model.forward takes for the prompt (its
+// ids, or a multimodal prompt holding them), `prompt` its ids.
+template <class Model, class Prefill>
+std::vector<std::int64_t> generate_loop(const Model& model, const Prefill& prefill, std::span<const std::int64_t> prompt,
+                                        const SamplingOptions& options,
+                                        const std::function<void(std::int64_t)>& on_token) {
   if (prompt.empty()) throw ValueError("generate: the prompt has no tokens; the model needs at least one");
   Sampler sampler(options);  // validates the options before the prefill
   const auto max_new = static_cast<std::size_t>(options.max_new_tokens);
@@ -83,17 +99,34 @@ std::vector<std::int64_t> generate(const Model& model, std::span<const std::int6
   context.reserve(prompt.size() + max_new);
   auto cache = model.new_cache(static_cast<std::int64_t>(prompt.size() + max_new - 1));
 
-  auto logits = model.forward(prompt, cache);
+  auto logits = model.forward(prefill, cache);
   for (;;) {
-    const Tensor<Host, float> row = detail::last_row_on_host(logits);
+    const Tensor<Host, float> row = last_row_on_host(logits);
     const std::int64_t id = sampler.next(row.span(), context);
     generated.push_back(id);
     context.push_back(id);
     if (on_token) on_token(id);
-    if (generated.size() == max_new || detail::is_eos(id, options)) break;
+    if (generated.size() == max_new || is_eos(id, options)) break;
     logits = model.forward(std::span<const std::int64_t>(&context.back(), 1), cache);
   }
   return generated;
+}
+
+}  // namespace detail
+
+template <class Model>
+std::vector<std::int64_t> generate(const Model& model, std::span<const std::int64_t> prompt,
+                                   const SamplingOptions& options, const std::function<void(std::int64_t)>& on_token) {
+  return detail::generate_loop(model, prompt, prompt, options, on_token);
+}
+
+template <class Model, class Prompt>
+  requires requires(const Prompt& p) {
+    { prompt_ids(p) } -> std::convertible_to<std::span<const std::int64_t>>;
+  }
+std::vector<std::int64_t> generate(const Model& model, const Prompt& prompt, const SamplingOptions& options,
+                                   const std::function<void(std::int64_t)>& on_token) {
+  return detail::generate_loop(model, prompt, std::span<const std::int64_t>(prompt_ids(prompt)), options, on_token);
 }
 
 }  // namespace tessera::generate

@@ -176,26 +176,38 @@ class Qwen2<Single<D>, T> {
     const Segments seg = segments_of(sequences, caches);
     Tensor<D, T> hidden = ops::embedding(embed_tokens_, to<D>(seg.ids));
     const auto tables = ops::rope_tables(to<D>(seg.positions), config_.head_dim(), config_.rope.theta);
-    const double eps = config_.rms_norm_eps;
+    return decoder_stack(std::move(hidden), tables, seg, caches);
+  }
 
-    Tensor<D, T> residual = std::move(hidden);
-    Tensor<D, T> h = ops::rms_norm(residual, layers_[0].input_norm, eps);
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      const Layer& layer = layers_[l];
-      const Tensor<D, T> attn = attention(layer, l, h, tables, seg, caches);
-      h = ops::add_rms_norm(attn, residual, layer.post_norm, eps);
-      const Tensor<D, T> mlp = layer.down.forward(ops::swiglu(layer.gate.forward(h), layer.up.forward(h)));
-      const Tensor<D, T>& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_norm : norm_;
-      h = ops::add_rms_norm(mlp, residual, next_norm, eps);
-    }
-    for (std::size_t s = 0; s < caches.size(); ++s) caches[s]->advance(seg.lengths[s]);
+  // The token embeddings of `ids` (on D), [ids.size(), hidden_size]: what a
+  // multimodal model starts from before writing image features over the
+  // placeholder rows.
+  template <AnyTensor Ids>
+  Tensor<D, T> embed(const Ids& ids) const {
+    return ops::embedding(embed_tokens_, ids);
+  }
 
-    const Tensor<D, T> logits = ops::linear(h, lm_head_ ? *lm_head_ : embed_tokens_);
-    std::vector<Tensor<D, T>> out;
-    for (std::size_t s = 0; s < sequences.size(); ++s) {
-      out.push_back(ops::slice(logits, 0, seg.starts[s], seg.starts[s] + seg.lengths[s]));
+  // Runs one sequence given as input embeddings [S, hidden_size] with its
+  // own rotary tables [S, head_dim] (M-RoPE for Qwen2.5-VL; rope_tables of
+  // cache.length() + i reproduces forward()), after the tokens in `cache`.
+  // Returns the logits of every new position, [S, vocab_size].
+  Tensor<D, T> forward_embeddings(Tensor<D, T> embeddings, const ops::RopeTables<D>& tables, Cache& cache) const {
+    if (embeddings.rank() != 2 || embeddings.dim(1) != config_.hidden_size || embeddings.dim(0) == 0) {
+      throw ShapeError(detail::concat("Qwen2::forward_embeddings: embeddings ", embeddings.shape().to_string(),
+                                      " must be [tokens > 0, hidden_size = ", config_.hidden_size, "]"));
     }
-    return out;
+    const std::int64_t n = embeddings.dim(0);
+    if (tables.cos.shape() != Shape{n, config_.head_dim()} || tables.sin.shape() != tables.cos.shape()) {
+      throw ShapeError(detail::concat("Qwen2::forward_embeddings: rotary tables ", tables.cos.shape().to_string(),
+                                      " must be [", n, ", head_dim = ", config_.head_dim(), "]"));
+    }
+    cache.reserve_tokens(n);
+    Segments seg;
+    seg.starts = {0};
+    seg.lengths = {n};
+    Cache* const cache_ptr = &cache;
+    std::vector<Tensor<D, T>> out = decoder_stack(std::move(embeddings), tables, seg, {&cache_ptr, 1});
+    return std::move(out[0]);
   }
 
   // A batch as transformers takes it: ids and attention_mask [B, L] on the
@@ -263,6 +275,35 @@ class Qwen2<Single<D>, T> {
     return seg;
   }
 
+  // Every decoder layer, the final norm and the output projection over the
+  // concatenated tokens of `seg`; advances each cache by its tokens.
+  std::vector<Tensor<D, T>> decoder_stack(Tensor<D, T> hidden, const ops::RopeTables<D>& tables, const Segments& seg,
+                                          std::span<Cache* const> caches) const {
+    const double eps = config_.rms_norm_eps;
+    Tensor<D, T> residual = std::move(hidden);
+    Tensor<D, T> h = ops::rms_norm(residual, layers_[0].input_norm, eps);
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      const Layer& layer = layers_[l];
+      const Tensor<D, T> attn = attention(layer, l, h, tables, seg, caches);
+      h = ops::add_rms_norm(attn, residual, layer.post_norm, eps);
+      const Tensor<D, T> mlp = layer.down.forward(ops::swiglu(layer.gate.forward(h), layer.up.forward(h)));
+      const Tensor<D, T>& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_norm : norm_;
+      h = ops::add_rms_norm(mlp, residual, next_norm, eps);
+    }
+    for (std::size_t s = 0; s < caches.size(); ++s) caches[s]->advance(seg.lengths[s]);
+
+    Tensor<D, T> logits = ops::linear(h, lm_head_ ? *lm_head_ : embed_tokens_);
+    std::vector<Tensor<D, T>> out;
+    if (caches.size() == 1) {  // one sequence: its logits are all of them
+      out.push_back(std::move(logits));
+      return out;
+    }
+    for (std::size_t s = 0; s < caches.size(); ++s) {
+      out.push_back(ops::slice(logits, 0, seg.starts[s], seg.starts[s] + seg.lengths[s]));
+    }
+    return out;
+  }
+
   // Self-attention of layer l over the batch: projections and RoPE for all
   // tokens at once, then each sequence's queries against its cache.
   Tensor<D, T> attention(const Layer& layer, std::size_t l, const Tensor<D, T>& h, const ops::RopeTables<D>& tables,
@@ -298,7 +339,12 @@ class Qwen2<Single<D>, T> {
     if (config_.effective_sliding_window()) {
       fail("sliding-window attention (use_sliding_window: true) is not supported yet");
     }
-    if (config_.rope.type != "default") fail(detail::concat("rope type \"", config_.rope.type, "\" is not supported by the Qwen2 text model"));
+    // M-RoPE (Qwen2.5-VL's language model) is plain RoPE for text, where the
+    // three position components are equal; multimodal positions come in
+    // through forward_embeddings' tables.
+    if (config_.rope.type != "default" && config_.rope.type != "mrope") {
+      fail(detail::concat("rope type \"", config_.rope.type, "\" is not supported by the Qwen2 text model"));
+    }
   }
 
   io::Qwen2Config config_;
