@@ -110,7 +110,9 @@ class JsonFields {
   JsonFields(const nlohmann::json& object, std::string file, std::string prefix = "")
       : obj_(object), file_(std::move(file)), prefix_(std::move(prefix)) {
     if (!obj_.is_object()) {
-      const std::string name = prefix_.empty() ? "the file" : "\"" + prefix_.substr(0, prefix_.size() - 1) + "\"";
+      // concat, not "literal" + std::string&&: GCC 12 -O3 warns falsely (-Wrestrict).
+      const std::string name =
+          prefix_.empty() ? std::string("the file") : concat("\"", prefix_.substr(0, prefix_.size() - 1), "\"");
       throw FormatError(concat("'", file_, "': ", name,
                                " must be a JSON object, but it is ", json_value_kind(obj_)));
     }
