@@ -1,10 +1,12 @@
-# Driver for one test of examples/text_generate, run by CTest as
-#   cmake -DEXE=<text_generate> -DARGS=<a|b|c> -DEXPECT_RC=<n> [-DEXPECT_STDERR=<regex>]
+# Driver for one test of an example program (examples/CMakeLists.txt,
+# example_test), run by CTest as
+#   cmake -DEXE=<example> -DARGS=<a|b|c> [-DSEP=<separator>] -DEXPECT_RC=<n> [-DEXPECT_STDERR=<regex>]
 #         -DOUT=<prefix> [-DCHECK=<checker>|<arg>|<arg>...] -P run_example.cmake
 #
-# Runs EXE with ARGS ('|' separates them, since arguments hold spaces and
-# CMake lists would split on ';'), stdout into OUT.stdout and stderr into
-# OUT.stderr (kept for inspection). The exit code must be EXPECT_RC and
+# Runs EXE with ARGS (SEP, by default '|', separates them, since arguments
+# hold spaces and CMake lists would split on ';'; arguments that hold '|',
+# such as a chat template, need another SEP), stdout into OUT.stdout and
+# stderr into OUT.stderr (kept for inspection). The exit code must be EXPECT_RC and
 # stderr must match EXPECT_STDERR when given. Then, when CHECK is given, the
 # checker runs with its arguments plus --stdout OUT.stdout --stderr OUT.stderr
 # and must exit 0. On a failure both outputs are printed.
@@ -16,7 +18,10 @@ foreach(var IN ITEMS EXE ARGS EXPECT_RC OUT)
   endif()
 endforeach()
 
-string(REPLACE "|" ";" args "${ARGS}")
+if(NOT DEFINED SEP OR "${SEP}" STREQUAL "")
+  set(SEP "|")
+endif()
+string(REPLACE "${SEP}" ";" args "${ARGS}")
 execute_process(COMMAND "${EXE}" ${args}
                 OUTPUT_FILE "${OUT}.stdout" ERROR_FILE "${OUT}.stderr"
                 RESULT_VARIABLE rc)
