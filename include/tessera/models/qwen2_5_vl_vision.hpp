@@ -203,67 +203,14 @@ void check_config(const VisionConfig& c, Fail&& fail) {
   }
 }
 
-// Typed access to the keys of the "vision_config" object, with messages
-// naming "vision_config.<key>" in the style of io::detail::JsonFields (not
-// used here: at -O3 GCC 12 reports a false -Wrestrict inside its
-// constructor wherever that gets inlined).
-class VisionFields {
- public:
-  VisionFields(const nlohmann::json& object, const std::string& file) : obj_(object), file_(file) {
-    if (!obj_.is_object()) {
-      throw FormatError(tessera::detail::concat("'", file_, "': \"vision_config\" must be a JSON object, but it is ",
-                                                io::detail::json_value_kind(obj_)));
-    }
-  }
+using VisionFields = io::detail::JsonFields;
 
-  // Present and not null (Python would see a value, not None).
-  bool has_value(std::string_view key) const {
-    const auto it = obj_.find(key);
-    return it != obj_.end() && !it->is_null();
-  }
-  const nlohmann::json& raw(std::string_view key) const { return *obj_.find(key); }
-
-  FormatError error(std::string_view key, std::string_view message) const {
-    return FormatError(tessera::detail::concat("'", file_, "': \"vision_config.", key, "\" ", message));
-  }
-  FormatError bad(std::string_view key, std::string_view problem) const {
-    return error(key, tessera::detail::concat(problem, ", but it is ", io::detail::json_value_kind(raw(key)), " (",
-                                              io::detail::json_excerpt(raw(key)), ")"));
-  }
-
-  std::int64_t integer(std::string_view key, std::int64_t fallback) const {
-    if (!has_value(key)) return fallback;
-    const auto& v = raw(key);
-    // Integers only: 2.0 is as wrong for a block count as "2" is.
-    if (!v.is_number_integer()) throw bad(key, "must be an integer");
-    if (v.is_number_unsigned() &&
-        v.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-      throw bad(key, "must fit a 64-bit signed integer");
-    }
-    return v.get<std::int64_t>();
-  }
-  // A required size; `alias` is transformers' attribute_map spelling.
-  std::int64_t required(std::string_view key, std::string_view alias) const {
-    if (has_value(key)) return integer(key, 0);
-    if (has_value(alias)) return integer(alias, 0);
-    throw error(key, "is missing (the vision tower needs it)");
-  }
-  // Any JSON number, as Python's float() would take it.
-  double number(std::string_view key, double fallback) const {
-    if (!has_value(key)) return fallback;
-    if (!raw(key).is_number()) throw bad(key, "must be a number");
-    return raw(key).get<double>();
-  }
-  std::string string(std::string_view key, std::string fallback) const {
-    if (!has_value(key)) return fallback;
-    if (!raw(key).is_string()) throw bad(key, "must be a string");
-    return raw(key).get<std::string>();
-  }
-
- private:
-  const nlohmann::json& obj_;
-  const std::string& file_;
-};
+// A required size; `alias` is transformers' attribute_map spelling.
+inline std::int64_t required(const VisionFields& f, std::string_view key, std::string_view alias) {
+  if (f.has_value(key)) return f.integer(key, 0);
+  if (f.has_value(alias)) return f.integer(alias, 0);
+  throw f.error(key, "is missing (the vision tower needs it)");
+}
 
 // rope_parameters (v5: {"rope_type": "axial", "rope_theta": 10000.0}) or a
 // plain rope_theta; the vision rotary embedding supports only axial RoPE
@@ -390,13 +337,13 @@ inline PositionIds vision_position_ids(std::span<const GridTHW> grids, std::int6
 }
 
 inline VisionConfig VisionConfig::from_json(const nlohmann::json& vision_config, const std::string& file) {
-  const vision_detail::VisionFields f(vision_config, file);
+  const vision_detail::VisionFields f(vision_config, file, "vision_config.");
   VisionConfig c;
-  c.depth = f.required("depth", "num_hidden_layers");
-  c.hidden_size = f.required("hidden_size", "hidden_size");
-  c.intermediate_size = f.required("intermediate_size", "intermediate_size");
-  c.num_heads = f.required("num_heads", "num_attention_heads");
-  c.out_hidden_size = f.required("out_hidden_size", "out_hidden_size");
+  c.depth = vision_detail::required(f, "depth", "num_hidden_layers");
+  c.hidden_size = vision_detail::required(f, "hidden_size", "hidden_size");
+  c.intermediate_size = vision_detail::required(f, "intermediate_size", "intermediate_size");
+  c.num_heads = vision_detail::required(f, "num_heads", "num_attention_heads");
+  c.out_hidden_size = vision_detail::required(f, "out_hidden_size", "out_hidden_size");
   // Published configs also carry "in_chans" and "spatial_patch_size", which
   // transformers ignores; so does tessera.
   c.in_channels = f.integer("in_channels", c.in_channels);
