@@ -278,29 +278,46 @@ bool in_top5(const Tensor<Host, float>& logits, std::int64_t id) {
   return above < 5;
 }
 
-// vLLM's rule: greedy tokens equal until the first divergence, and there
-// each side's token is in the other's top 5.
+// vLLM's rule against the validated float32 CPU model: greedy tokens equal
+// until the first divergence, and there each side's token is in the other's
+// top 5. Returns how many steps agreed, summed over the cases.
+template <class Other>
+int follows_by_top5_rule(const Other& other, const std::string& variant) {
+  int agreed = 0;
+  for (const std::string& c : kCases) {
+    const auto p = prompt_of(variant, c);
+    auto cpu_cache = model(variant).new_cache(256);
+    auto other_cache = other.new_cache(256);
+    auto cpu_logits = to<Host>(model(variant).forward(p, cpu_cache));
+    auto other_logits = to<Host>(ops::cast<float>(other.forward(p, other_cache)));
+    for (int step = 0; step < 32; ++step, ++agreed) {
+      const std::int64_t a = argmax_last(cpu_logits), b = argmax_last(other_logits);
+      if (a != b) {
+        EXPECT_TRUE(in_top5(cpu_logits, b)) << c << " step " << step;
+        EXPECT_TRUE(in_top5(other_logits, a)) << c << " step " << step;
+        break;
+      }
+      cpu_logits = to<Host>(model(variant).forward(std::span<const std::int64_t>(&a, 1), cpu_cache));
+      other_logits = to<Host>(ops::cast<float>(other.forward(std::span<const std::int64_t>(&b, 1), other_cache)));
+    }
+  }
+  return agreed;
+}
+
+// bf16 on the CPU: the element type a GPU runs, through the same code
+// (pixel values cast on the device, bf16 vision tower and decoder).
+TEST_P(Qwen2_5_VLGolden, CpuBf16GreedyFollowsTheFloatModelByTheTop5Rule) {
+  const auto bf16_model = models::Qwen2_5_VL<Single<Cpu<1>>, bf16>::load(fixtures() / GetParam());
+  const int agreed = follows_by_top5_rule(bf16_model, GetParam());
+  RecordProperty("greedy_steps_agreeing", agreed);
+  EXPECT_GT(agreed, 4) << "bf16 diverged from float32 almost at once";
+}
+
 TEST_P(Qwen2_5_VLGolden, CudaBf16GreedyFollowsTheCpuModelByTheTop5Rule) {
   TESSERA_SKIP_UNLESS_AVAILABLE(Cuda<0>);
   using GpuModel = models::Qwen2_5_VL<Single<Cuda<0>>, bf16>;
   const GpuModel gpu = GpuModel::load(fixtures() / GetParam());
-  for (const std::string& c : kCases) {
-    const auto p = prompt_of(GetParam(), c);
-    auto cpu_cache = model(GetParam()).new_cache(256);
-    auto gpu_cache = gpu.new_cache(256);
-    auto cpu_logits = to<Host>(model(GetParam()).forward(p, cpu_cache));
-    auto gpu_logits = to<Host>(ops::cast<float>(gpu.forward(p, gpu_cache)));
-    for (int step = 0; step < 32; ++step) {
-      const std::int64_t a = argmax_last(cpu_logits), b = argmax_last(gpu_logits);
-      if (a != b) {
-        EXPECT_TRUE(in_top5(cpu_logits, b)) << c << " step " << step;
-        EXPECT_TRUE(in_top5(gpu_logits, a)) << c << " step " << step;
-        break;
-      }
-      cpu_logits = to<Host>(model(GetParam()).forward(std::span<const std::int64_t>(&a, 1), cpu_cache));
-      gpu_logits = to<Host>(ops::cast<float>(gpu.forward(std::span<const std::int64_t>(&b, 1), gpu_cache)));
-    }
-  }
+  (void)follows_by_top5_rule(gpu, GetParam());
 }
 
 }  // namespace
