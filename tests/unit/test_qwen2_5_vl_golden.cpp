@@ -148,6 +148,34 @@ TEST_P(Qwen2_5_VLGolden, ProcessorGivesTheReferenceGrids) {
   EXPECT_FLOAT_EQ(static_cast<float>(v.videos[0].second_per_grid_t), ref.floats("video.second_per_grid_ts").span()[0]);
 }
 
+// tessera's processor on the committed PNGs against the PIL image processor
+// (tests/fixtures/qwen2_5_vl/processor): pixel values within 1e-5 after
+// normalisation and identical grids, including an image that hits
+// max_pixels and one that hits min_pixels, and the video.
+TEST(Qwen2_5_VLProcessor, PixelValuesMatchThePilImageProcessor) {
+  const fs::path dir = fixtures() / "processor";
+  const auto ref = io::SafetensorsFile::open(dir / "reference.safetensors");
+  const auto cfg = vl::ImageProcessorConfig::load(dir / "preprocessor_config.json");
+  const auto check = [&](const std::string& name, const Tensor<Host, float>& got, const vl::GridTHW& grid,
+                         const std::string& values, const std::string& grid_name) {
+    const auto expected = ref.load<Host, float>(values);
+    ASSERT_EQ(got.shape(), expected.shape()) << name;
+    EXPECT_LE(max_diff(got, expected), 1e-5) << name;
+    const auto g = ref.load<Host, std::int64_t>(grid_name);
+    EXPECT_EQ(Ids(grid.begin(), grid.end()), Ids(g.span().begin(), g.span().end())) << name;
+  };
+  for (const std::string name : {"image_a", "image_b", "max_pixels", "min_pixels"}) {
+    const auto image = vl::preprocess_image(vl::load_rgb_image(fixtures() / "images" / (name + ".png")), cfg);
+    check(name, image.pixel_values, image.grid_thw, name + ".pixel_values", name + ".image_grid_thw");
+  }
+  std::vector<vl::RgbImage> frames;
+  for (int i = 0; i < 5; ++i) {
+    frames.push_back(vl::load_rgb_image(fixtures() / "images" / "video" / ("frame_" + std::to_string(i) + ".png")));
+  }
+  const auto video = vl::preprocess_video(frames, 1.0, cfg);
+  check("video", video.pixel_values, video.grid_thw, "video.pixel_values_videos", "video.video_grid_thw");
+}
+
 TEST_P(Qwen2_5_VLGolden, RopeIndexGivesTheReferencePositions) {
   const Reference& ref = reference(GetParam());
   const auto& cfg = model(GetParam()).config();
