@@ -96,13 +96,5 @@ if(NOT TARGET tessera::utf8proc)
   endif()
 endif()
 
-# stb_image decodes image files (models/qwen2_5_vl_processor.hpp). Optional and
-# header-only here: the header compiles it with internal linkage when
-# <stb/stb_image.h> is on the include path, so nothing is linked.
-find_path(TESSERA_STB_IMAGE_INCLUDE_DIR stb/stb_image.h)
-if(TESSERA_STB_IMAGE_INCLUDE_DIR)
-  message(STATUS "tessera: stb_image ${TESSERA_STB_IMAGE_INCLUDE_DIR}/stb/stb_image.h (image file loading)")
-else()
-  message(STATUS "tessera: stb_image not found; image file loading is disabled. "
-                 "On Debian/Ubuntu: apt-get install libstb-dev")
-endif()
+# stb_image (image file decoding) is vendored in include/tessera/third_party:
+# Debian 12's libstb-dev (2.27) has JPEG decoder bugs fixed upstream since.

@@ -132,16 +132,11 @@ vl::RgbImage load_image(std::string_view flag, const fs::path& file) {
     throw UsageError(detail::concat(flag, ": '", file.string(), "' ",
                                     fs::exists(file, ec) ? "is not a file" : "does not exist"));
   }
-#if TESSERA_HAVE_STB_IMAGE
   try {
     return vl::load_rgb_image(file);
   } catch (const Error& e) {  // IoError, FormatError: unreadable or undecodable
     throw UsageError(detail::concat(flag, ": ", reason(e)));
   }
-#else
-  throw UsageError(detail::concat(flag, ": this build cannot decode image files: <stb/stb_image.h> was not found "
-                                  "when it was compiled (Debian: apt-get install libstb-dev, then rebuild)"));
-#endif
 }
 
 // "grid 1x12x16, 48 tokens": a grid and the placeholder tokens it becomes.

@@ -20,11 +20,11 @@
 // no information, and rejecting them is what the Qwen2.5-VL release did.
 //
 // Image files: decode_rgb_image()/load_rgb_image() read JPEG, PNG, BMP and
-// GIF (first frame) with stb_image when <stb/stb_image.h> is available
-// (Debian: libstb-dev); TESSERA_HAVE_STB_IMAGE is then 1. stb_image is
+// GIF (first frame) with stb_image 2.30, vendored in
+// include/tessera/third_party (TESSERA_HAVE_STB_IMAGE is always 1). It is
 // compiled into each including translation unit with internal linkage
 // (STB_IMAGE_STATIC), so nothing needs linking; a translation unit that
-// includes stb_image.h itself must include it after this header.
+// includes another stb_image.h itself must include it after this header.
 //
 // Prompts: chat_prompt() renders Qwen2.5-VL's chat template for one user
 // turn, expand_vision_placeholders() turns each <|image_pad|>/<|video_pad|>
@@ -56,21 +56,9 @@
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 
-#if __has_include(<stb/stb_image.h>)
+// stb_image 2.30, vendored (third_party/stb_image_impl.hpp says why).
 #define TESSERA_HAVE_STB_IMAGE 1
-#ifndef STB_IMAGE_IMPLEMENTATION
-#define STB_IMAGE_IMPLEMENTATION
-#endif
-#define STB_IMAGE_STATIC
-#define STBI_NO_STDIO
-#define STBI_ONLY_JPEG
-#define STBI_ONLY_PNG
-#define STBI_ONLY_BMP
-#define STBI_ONLY_GIF
-#include <stb/stb_image.h>
-#else
-#define TESSERA_HAVE_STB_IMAGE 0
-#endif
+#include "../third_party/stb_image_impl.hpp"
 
 namespace tessera::models::qwen2_5_vl {
 
@@ -746,7 +734,10 @@ inline RgbImage decode_rgb_image(std::span<const std::uint8_t> file, std::string
   if (detail::starts_with(bytes, {'B', 'M'}) && detail::bmp_is_truncated(bytes, w, h)) {
     throw fail("BMP pixel data is truncated");
   }
-  const bool grey16 = comp == 1 && stbi_is_16_bit_from_memory(bytes.data(), len) != 0;
+  // From the PNG header itself (bit depth 16, colour type 0), not stb's
+  // channel count, which counts a tRNS chunk as alpha.
+  const bool grey16 = detail::starts_with(bytes, {0x89, 'P', 'N', 'G'}) && bytes.size() > 25 && bytes[24] == 16 &&
+                      bytes[25] == 0;
   const int header_w = w, header_h = h;
   const std::unique_ptr<stbi_uc, void (*)(void*)> rgba(
       grey16 ? detail::decode_grey16_like_pil(bytes, w, h) : stbi_load_from_memory(bytes.data(), len, &w, &h, &comp, 4),
