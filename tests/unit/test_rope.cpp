@@ -3,6 +3,7 @@
 #include <tessera/ops/elementwise.hpp>
 #include <tessera/ops/rope.hpp>
 
+#include <array>
 #include <cstring>
 
 #include "test_util.hpp"
@@ -310,6 +311,30 @@ TYPED_TEST(Rope, ShapeErrorsNameTheOpAndShapes) {
   }
   EXPECT_THROW((void)ops::apply_rope(x, tables.cos, two.sin), ShapeError);
   EXPECT_THROW((void)ops::apply_rope(to<D>(random_tensor<T>({3, 16})), tables.cos, tables.sin), ShapeError);
+}
+
+// Row and column tables side by side (the 2-D vision RoPE's layout): output
+// columns [r0:2 | c0:2 | r2:4 | c2:4] from two 4-column tables.
+TEST(ComposeRopeTables, PiecesOfEachAxisInBothHalves) {
+  Tensor<Host, std::int64_t> rows(Shape{3}), cols(Shape{3});
+  for (std::int64_t i = 0; i < 3; ++i) {
+    rows.span()[static_cast<std::size_t>(i)] = i;
+    cols.span()[static_cast<std::size_t>(i)] = 10 + 3 * i;
+  }
+  const std::array<ops::RopeTables<Host>, 2> axes{ops::rope_tables(rows, 4, 100.0), ops::rope_tables(cols, 4, 100.0)};
+  const std::array<ops::RopeSection, 2> sections{{{0, 0, 2}, {1, 0, 2}}};
+  const auto t = ops::compose_rope_tables<Host>(axes, sections);
+  ASSERT_EQ(t.cos.shape(), (Shape{3, 8}));
+  for (std::int64_t s = 0; s < 3; ++s) {
+    for (std::int64_t j = 0; j < 8; ++j) {
+      const std::size_t axis = (j / 2) % 2;
+      const std::int64_t col = (j / 4) * 2 + j % 2;
+      EXPECT_EQ(t.cos.at(s, j), axes[axis].cos.at(s, col)) << s << ", " << j;
+      EXPECT_EQ(t.sin.at(s, j), axes[axis].sin.at(s, col)) << s << ", " << j;
+    }
+  }
+  const std::array<ops::RopeSection, 1> bad{{{2, 0, 2}}};
+  expect_error<ValueError>([&] { (void)ops::compose_rope_tables<Host>(axes, bad); }, {"axis 2", "2 position axes"});
 }
 
 }  // namespace

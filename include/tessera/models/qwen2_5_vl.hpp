@@ -230,23 +230,18 @@ ops::RopeTables<D> mrope_tables(const Tensor<D, std::int64_t>& positions, std::i
     axis[static_cast<std::size_t>(a)] =
         ops::rope_tables(positions.view().slice(0, a, a + 1).reshape({seq}), head_dim, theta);
   }
-  const auto recompose = [&](auto member) {
-    std::vector<TensorView<D, const float>> pieces;
-    for (const std::int64_t base : {std::int64_t{0}, half}) {
-      std::int64_t begin = 0;
-      for (std::size_t s = 0; s < mrope_section.size(); ++s) {
-        const Tensor<D, float>& table = axis[s % 3].*member;
-        pieces.push_back(table.view().slice(1, base + begin, base + begin + mrope_section[s]));
-        begin += mrope_section[s];
-      }
-      if (begin != half) {
-        throw ValueError(tessera::detail::concat("mrope_tables: mrope_section sums to ", begin,
-                                                 " but head_dim / 2 is ", half));
-      }
-    }
-    return ops::concat(std::span<const TensorView<D, const float>>(pieces), 1);
-  };
-  return ops::RopeTables<D>{recompose(&ops::RopeTables<D>::cos), recompose(&ops::RopeTables<D>::sin)};
+  // Frequency j takes the axis whose section holds it; sections cycle t, h, w.
+  std::vector<ops::RopeSection> sections;
+  std::int64_t begin = 0;
+  for (std::size_t s = 0; s < mrope_section.size(); ++s) {
+    sections.push_back({s % 3, begin, mrope_section[s]});
+    begin += mrope_section[s];
+  }
+  if (begin != half) {
+    throw ValueError(tessera::detail::concat("mrope_tables: mrope_section sums to ", begin, " but head_dim / 2 is ",
+                                             half));
+  }
+  return ops::compose_rope_tables<D>(axis, sections);
 }
 
 // Where the weights of each part live in a checkpoint.
@@ -405,7 +400,8 @@ class Qwen2_5_VL<Single<D>, T> {
 
   // Writes the rows of `features` over the rows of `embeddings` whose id is
   // `placeholder`, in order (transformers' masked_scatter). Placeholders sit
-  // in runs, one per item, so this is one copy per run.
+  // in runs, one per item, so this is one copy per run. forward() has
+  // checked that the placeholder count equals features.dim(0).
   static void scatter(Tensor<D, T>& embeddings, std::span<const std::int64_t> ids, std::int64_t placeholder,
                       const Tensor<D, T>& features) {
     std::int64_t used = 0;
@@ -417,17 +413,9 @@ class Qwen2_5_VL<Single<D>, T> {
       }
       std::int64_t end = i;
       while (end < n && ids[static_cast<std::size_t>(end)] == placeholder) ++end;
-      if (used + (end - i) > features.dim(0)) {
-        throw ValueError(tessera::detail::concat("Qwen2_5_VL: more placeholder tokens (id ", placeholder,
-                                                 ") than the ", features.dim(0), " feature rows"));
-      }
       ops::copy_into(embeddings.view().slice(0, i, end), features.view().slice(0, used, used + (end - i)));
       used += end - i;
       i = end;
-    }
-    if (used != features.dim(0)) {
-      throw ValueError(tessera::detail::concat("Qwen2_5_VL: ", features.dim(0), " feature rows but ", used,
-                                               " placeholder tokens (id ", placeholder, ")"));
     }
   }
 

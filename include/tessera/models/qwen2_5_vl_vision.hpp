@@ -541,14 +541,10 @@ class VisionTower {
   // cos/sin [N, head_dim]: columns [rows | cols | rows | cols], head_dim/4 each.
   ops::RopeTables<D> rotary_tables(const Tensor<D, std::int64_t>& rows, const Tensor<D, std::int64_t>& cols) const {
     const std::int64_t quarter = config_.head_dim() / 4;
-    const auto by_row = ops::rope_tables(rows, 2 * quarter, config_.rope_theta);
-    const auto by_col = ops::rope_tables(cols, 2 * quarter, config_.rope_theta);
-    const auto interleave = [&](const Tensor<D, float>& r, const Tensor<D, float>& c) {
-      return ops::concat({r.slice(1, 0, quarter), c.slice(1, 0, quarter), r.slice(1, quarter, 2 * quarter),
-                          c.slice(1, quarter, 2 * quarter)},
-                         1);
-    };
-    return {interleave(by_row.cos, by_col.cos), interleave(by_row.sin, by_col.sin)};
+    const std::array<ops::RopeTables<D>, 2> axes{ops::rope_tables(rows, 2 * quarter, config_.rope_theta),
+                                                 ops::rope_tables(cols, 2 * quarter, config_.rope_theta)};
+    const std::array<ops::RopeSection, 2> sections{{{0, 0, quarter}, {1, 0, quarter}}};
+    return ops::compose_rope_tables<D>(axes, sections);
   }
 
   // Self-attention of one block within the segments `cu_seqlens`.

@@ -12,8 +12,11 @@
 #pragma once
 
 #include <cmath>
+#include <span>
+#include <vector>
 
 #include "common.hpp"
+#include "shape.hpp"
 #include "cuda/rope.cuh"
 
 namespace tessera::ops {
@@ -89,6 +92,39 @@ RopeTables<device_of<P>> rope_tables(const P& positions, std::int64_t rot_dim, d
     });
   }
   return tables;
+}
+
+// One piece of a composed rotary table: `size` frequencies starting at
+// frequency `begin` of the tables of position axis `axis`.
+struct RopeSection {
+  std::size_t axis = 0;
+  std::int64_t begin = 0;
+  std::int64_t size = 0;
+};
+
+// Rotary tables for positions with several axes, each axis with its own
+// rope_tables [S, 2 * half_a]: the first half of every output row is the
+// `sections` in order, each read from the first half of its axis' tables,
+// and the second half repeats them from the second halves (transformers'
+// emb = cat(freqs, freqs) after recomposing the frequencies). Qwen2.5-VL's
+// M-RoPE splits one frequency list among (t, h, w); its vision RoPE puts
+// the row and column frequency lists side by side. All tables on device D.
+template <Device D>
+RopeTables<D> compose_rope_tables(std::span<const RopeTables<D>> axes, std::span<const RopeSection> sections) {
+  const auto compose = [&](Tensor<D, float> RopeTables<D>::*member) {
+    std::vector<TensorView<D, const float>> pieces;
+    for (const bool second_half : {false, true}) {
+      for (const RopeSection& s : sections) {
+        detail::check_value(s.axis < axes.size(), "ops::compose_rope_tables", "section axis ", s.axis, " but only ",
+                      axes.size(), " position axes");
+        const Tensor<D, float>& table = axes[s.axis].*member;
+        const std::int64_t begin = s.begin + (second_half ? table.dim(1) / 2 : 0);
+        pieces.push_back(table.view().slice(1, begin, begin + s.size));
+      }
+    }
+    return ops::concat(std::span<const TensorView<D, const float>>(pieces), 1);
+  };
+  return RopeTables<D>{compose(&RopeTables<D>::cos), compose(&RopeTables<D>::sin)};
 }
 
 // Applies rotary embedding to x: [S, H, Dh] (tokens-major: sequence, heads,
