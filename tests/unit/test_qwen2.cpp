@@ -250,29 +250,28 @@ TEST(Qwen2, TiedEmbeddingsServeAsTheOutputProjection) {
   EXPECT_TRUE(model("tied").config().tie_word_embeddings);
 }
 
-// forward_embeddings is the entry multimodal models use (their own
-// embeddings and rotary tables): with the token embeddings and the 1-D
-// tables of positions cache.length() + i it must be forward(), bit for bit,
-// for the prefill and for a decode step after it.
-TEST(Qwen2, ForwardEmbeddingsWithTokenEmbeddingsAndPlainTablesIsForward) {
+// forward_edited is the entry multimodal models use (an edit of the token
+// embeddings and their own positions): with an edit that changes nothing
+// and positions cache.length() + i it must be forward(), bit for bit, for
+// the prefill and for a decode step after it; [3, S] positions with equal
+// rows (M-RoPE on text) give the same tables as [S].
+TEST(Qwen2, ForwardEditedWithoutEditsAndPlainPositionsIsForward) {
   const Model& m = model("untied");
   const std::vector<std::int64_t> prompt = {311, 967, 768, 909}, next = {42};
   auto a = m.new_cache(8), b = m.new_cache(8);
-  const auto tables_for = [&](std::int64_t first, std::int64_t n) {
+  const auto positions = [&](std::int64_t first, std::int64_t n) {
     Tensor<Host, std::int64_t> pos(Shape{n});
     for (std::int64_t i = 0; i < n; ++i) pos.span()[static_cast<std::size_t>(i)] = first + i;
-    return ops::rope_tables(to<Cpu<0>>(pos), m.config().head_dim(), m.config().rope.theta);
+    return pos;
   };
-  const auto ids_tensor = [](const std::vector<std::int64_t>& ids) {
-    Tensor<Host, std::int64_t> t(Shape{static_cast<std::int64_t>(ids.size())});
-    std::copy(ids.begin(), ids.end(), t.span().begin());
-    return to<Cpu<0>>(t);
-  };
-  EXPECT_TRUE(same_bits(m.forward(prompt, a), m.forward_embeddings(m.embed(ids_tensor(prompt)), tables_for(0, 4), b)));
-  EXPECT_TRUE(same_bits(m.forward(next, a), m.forward_embeddings(m.embed(ids_tensor(next)), tables_for(4, 1), b)));
+  int edits = 0;
+  const auto count_edits = [&](Tensor<Cpu<0>, float>&) { ++edits; };
+  EXPECT_TRUE(same_bits(m.forward(prompt, a), m.forward_edited(prompt, positions(0, 4), b, count_edits)));
+  EXPECT_TRUE(same_bits(m.forward(next, a), m.forward_edited(next, positions(4, 1), b, count_edits)));
+  EXPECT_EQ(edits, 2);
   EXPECT_EQ(b.length(), 5);
-  expect_error<ShapeError>([&] { (void)m.forward_embeddings(m.embed(ids_tensor(next)), tables_for(0, 2), b); },
-                           {"rotary tables [2, ", "must be [1, head_dim"});
+  expect_error<ShapeError>([&] { (void)m.forward_edited(next, positions(0, 2), b, [](auto&) {}); },
+                           {"positions [2]", "must be [1] or [3, 1]"});
 }
 
 TEST(Qwen2, CacheOverflowIsAClearError) {

@@ -65,6 +65,21 @@ class IoError : public Error {
   using Error::Error;
 };
 
+// A collective (NCCL, MPI) that failed or did not finish within its
+// timeout; the message names the backend, the rank and the operation.
+class CommError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A placement that cannot work: a plan over a budget, a head count a
+// tensor-parallel group does not divide, a pin to a stage that does not
+// exist. Raised before any weight is loaded.
+class PlanError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 // Builds a message from streamable parts: concat("op ", name, " got ", n).
 template <class... Parts>

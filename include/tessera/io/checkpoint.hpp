@@ -254,6 +254,14 @@ class Checkpoint {
     return shard.st->template load<D, T>(tensor);
   }
 
+  // Reads the slice [begin, end) along `axis` of tensor `name` (a
+  // tensor-parallel shard) into device D as T.
+  template <Device D, DType T>
+  Tensor<D, T> load_slice(std::string_view name, int axis, std::int64_t begin, std::int64_t end) const {
+    const auto& [shard, tensor] = locate(name);
+    return shard.st->template load_slice<D, T>(tensor, axis, begin, end);
+  }
+
   // Reads tensor `name` into `out`, whose shape must match. On CPU slots the
   // data lands in out's storage; on other devices out is replaced by a
   // freshly loaded tensor (same shape, same device).

@@ -633,6 +633,43 @@ class SafetensorsFile {
     return load<D, T>(at(name));
   }
 
+  // Reads the slice [begin, end) along `axis` of a tensor into device D as T:
+  // how tensor-parallel ranks load only their shard of a weight (rows of a
+  // column-parallel linear, columns of a row-parallel one). The slice is
+  // `outer` runs of contiguous stored elements, each converted in place.
+  template <Device D, DType T>
+  Tensor<D, T> load_slice(const TensorInfo& info, int axis, std::int64_t begin, std::int64_t end) const {
+    const std::int64_t rank = static_cast<std::int64_t>(info.shape.rank());
+    if (axis < 0 || axis >= rank || begin < 0 || end < begin || end > info.shape.dims()[static_cast<std::size_t>(axis)]) {
+      throw ValueError(detail::concat("safetensors file '", path_, "': slice [", begin, ", ", end, ") along axis ",
+                                      axis, " is outside tensor '", info.name, "' of shape ", info.shape.to_string()));
+    }
+    std::vector<std::int64_t> dims(info.shape.dims().begin(), info.shape.dims().end());
+    std::int64_t outer = 1, inner = 1;
+    for (int a = 0; a < axis; ++a) outer *= dims[static_cast<std::size_t>(a)];
+    for (std::int64_t a = axis + 1; a < rank; ++a) inner *= dims[static_cast<std::size_t>(a)];
+    const std::int64_t full = dims[static_cast<std::size_t>(axis)];
+    dims[static_cast<std::size_t>(axis)] = end - begin;
+    Tensor<Host, T> host{Shape(std::span<const std::int64_t>(dims))};
+    const std::uint64_t bits = dtype_bits(info.dtype);
+    const auto src = bytes(info);
+    const auto run = static_cast<std::size_t>((end - begin) * inner);
+    for (std::int64_t o = 0; o < outer && run > 0; ++o) {
+      const auto first = static_cast<std::uint64_t>((o * full + begin) * inner);
+      const std::byte* from = src.data() + first * bits / 8;
+      if (!detail::convert_stored<T>(from, info.dtype, host.raw() + o * (end - begin) * inner, run, path_,
+                                     info.name)) {
+        throw ValueError(detail::concat("safetensors file '", path_, "': tensor '", info.name, "' is stored as ",
+                                        dtype_name(info.dtype), " and cannot be loaded as ", tessera::dtype_name<T>()));
+      }
+    }
+    if constexpr (std::is_same_v<D, Host>) {
+      return host;
+    } else {
+      return to<D>(host);
+    }
+  }
+
   // Reads a tensor into an existing CPU tensor of the same shape.
   template <Device D, DType T>
     requires is_cpu_v<D>

@@ -14,7 +14,26 @@
 //
 // Each residual add and the norm after it run as one fused
 // ops::add_rms_norm, bit-identical to the unfused pair. Layers hold weights
-// and no placement logic; the policy (`Single<D>` today) says where they live.
+// and no placement logic; the policy says where they live:
+//
+//   Qwen2<Single<Cuda<0>>, bf16>                          one device
+//   Qwen2<Pipeline<Cpu<0>, Cpu<1>>, float>                 layers split in two
+//                                                          stages (the Layout
+//                                                          says which layers)
+//   Qwen2<TensorParallel<Cuda<0>, Cuda<1>>, bf16>          heads and MLP columns
+//                                                          split, two all-reduces
+//                                                          per layer
+//   Qwen2<Pipeline<TensorParallel<Cuda<0>, Cuda<1>>, Cuda<2>>, bf16>
+//
+// The code below is written once over stages: a stage is a group of devices
+// (one for a device stage), each holding its rank's shard of the stage's
+// layers (rank r of n: q/k/v/gate/up rows and o/down columns r/n; the whole
+// layer when n = 1). Between blocks the hidden state is a Replicated value;
+// the row-parallel o_proj and down_proj give Partial sums that only
+// all_reduce turns back into Replicated. Crossing a stage is move_to_stage,
+// an explicit to<>. Embeddings, the final norm and lm_head sit on the stages
+// the Layout pins them to (stage 0 by default); logits come back on
+// output_device<P>, the device the ids enter through.
 #pragma once
 
 #include <cstdint>
@@ -35,7 +54,8 @@
 #include "../ops/norm.hpp"
 #include "../ops/rope.hpp"
 #include "../ops/shape.hpp"
-#include "../placement/single.hpp"
+#include "../placement/layout.hpp"
+#include "../placement/stage.hpp"
 
 namespace tessera::models {
 
@@ -89,124 +109,226 @@ class KVCache {
   std::int64_t length_ = 0;
 };
 
-template <DevicePlacement Placement, FloatType T = bf16>
-class Qwen2;
+namespace qwen2 {
 
-// Qwen2 with every weight, cache and activation on one device D.
+// One decoder layer's weights on device D: the whole layer, or rank `rank`
+// of `ranks`'s shard of it (q/k/v/gate/up rows and their biases, o/down
+// columns; the norms whole).
 template <Device D, FloatType T>
-class Qwen2<Single<D>, T> {
+struct Block {
+  nn::Linear<D, T> q, k, v, o, gate, up, down;
+  Tensor<D, T> input_norm, post_norm;
+
+  template <class Load, class LoadSlice>
+  static Block load(const std::string& p, const io::Qwen2Config& c, std::size_t rank, std::size_t ranks,
+                    Load&& whole, LoadSlice&& slice) {
+    const auto part = [&](const std::string& name, int axis, std::int64_t total) {
+      if (ranks == 1) return whole(name);
+      const std::int64_t n = total / static_cast<std::int64_t>(ranks), r = static_cast<std::int64_t>(rank);
+      return slice(name, axis, r * n, (r + 1) * n);
+    };
+    const std::int64_t hd = c.head_dim(), q_rows = c.num_attention_heads * hd, kv_rows = c.num_key_value_heads * hd;
+    const std::int64_t mid = c.intermediate_size;
+    return Block{
+        nn::Linear<D, T>(part(p + "self_attn.q_proj.weight", 0, q_rows), part(p + "self_attn.q_proj.bias", 0, q_rows)),
+        nn::Linear<D, T>(part(p + "self_attn.k_proj.weight", 0, kv_rows), part(p + "self_attn.k_proj.bias", 0, kv_rows)),
+        nn::Linear<D, T>(part(p + "self_attn.v_proj.weight", 0, kv_rows), part(p + "self_attn.v_proj.bias", 0, kv_rows)),
+        nn::Linear<D, T>(part(p + "self_attn.o_proj.weight", 1, q_rows)),
+        nn::Linear<D, T>(part(p + "mlp.gate_proj.weight", 0, mid)),
+        nn::Linear<D, T>(part(p + "mlp.up_proj.weight", 0, mid)),
+        nn::Linear<D, T>(part(p + "mlp.down_proj.weight", 1, mid)),
+        whole(p + "input_layernorm.weight"),
+        whole(p + "post_attention_layernorm.weight"),
+    };
+  }
+};
+
+// Everything rank R of a stage holds: its shard of the stage's layers and
+// the pinned parts placed there (embeddings, final norm, lm_head).
+template <Device D, FloatType T>
+struct RankParts {
+  std::vector<Block<D, T>> blocks;
+  std::optional<Tensor<D, T>> embed_tokens, norm, lm_head;
+};
+
+template <class Devices, FloatType T>
+struct rank_parts_of;
+template <Device... Ds, FloatType T>
+struct rank_parts_of<std::tuple<Ds...>, T> {
+  using parts = std::tuple<std::optional<RankParts<Ds, T>>...>;
+  using caches = std::tuple<std::optional<KVCache<Ds, T>>...>;
+  using tables = std::tuple<std::optional<ops::RopeTables<Ds>>...>;
+};
+template <class Stages, FloatType T>
+struct stage_parts_of;
+template <Stage... Ss, FloatType T>
+struct stage_parts_of<std::tuple<Ss...>, T> {
+  using parts = std::tuple<typename rank_parts_of<devices_of_stage<Ss>, T>::parts...>;
+  using caches = std::tuple<typename rank_parts_of<devices_of_stage<Ss>, T>::caches...>;
+};
+
+}  // namespace qwen2
+
+template <DevicePlacement Placement, FloatType T = bf16>
+class Qwen2 {
+  template <std::size_t K>
+  using S = stage_at<Placement, K>;
+  template <std::size_t K, std::size_t R>
+  using Dev = placement::stage_device<S<K>, R>;
+  template <std::size_t K>
+  using Value = placement::StageValue<S<K>, T>;
+  static constexpr std::size_t N = stage_count<Placement>;
+
  public:
-  using device_type = D;
-  using Cache = KVCache<D, T>;
+  using policy = Placement;
+  using device_type = output_device<Placement>;  // where forward() returns logits
+
+  // One sequence's keys and values: per stage and rank, a KVCache on that
+  // rank's device for the stage's layers and the rank's KV heads.
+  class Cache {
+   public:
+    std::int64_t length() const noexcept { return length_; }
+    std::int64_t capacity() const noexcept { return capacity_; }
+    void clear() noexcept {
+      length_ = 0;
+      for_each_kv([](auto& kv) { kv.clear(); });
+    }
+    void reserve_tokens(std::int64_t count) const {
+      if (length_ + count > capacity_) {
+        throw ValueError(detail::concat("KVCache of ", policy_name<Placement>(), ": ", count, " new tokens after ",
+                                        length_, " cached ones exceed its capacity of ", capacity_,
+                                        " tokens; create the cache with a larger capacity"));
+      }
+    }
+
+   private:
+    friend class Qwen2;
+    template <class F>
+    void for_each_kv(F&& f) {
+      std::apply([&](auto&... stage) {
+        (std::apply([&](auto&... rank) { ((rank ? f(*rank) : void()), ...); }, stage), ...);
+      }, kv_);
+    }
+    template <std::size_t K, std::size_t R>
+    auto& kv() {
+      return *std::get<R>(std::get<K>(kv_));
+    }
+    typename qwen2::stage_parts_of<stages_of<Placement>, T>::caches kv_;
+    std::int64_t length_ = 0, capacity_ = 0;
+  };
 
   // Loads a Hugging Face checkpoint directory (config.json and
   // model.safetensors or its sharded index). `prefix` is where the language
   // model's weights live: "model." for Qwen2ForCausalLM; multimodal
   // checkpoints use "model.language_model." or "language_model.model.".
+  // `layout` says which stage holds each layer and pinned part (default:
+  // everything on stage 0 for one stage, layers split evenly otherwise);
+  // `comms` are the stages' communicators (default: in-process).
   static Qwen2 load(const std::filesystem::path& dir, const std::string& prefix = "model.",
-                    const std::string& lm_head_name = "lm_head.weight") {
+                    const std::string& lm_head_name = "lm_head.weight",
+                    std::optional<placement::Layout> layout = std::nullopt, placement::Comms<Placement> comms = {}) {
     io::Qwen2Config config = io::Qwen2Config::load(dir);
     const io::Checkpoint checkpoint = io::Checkpoint::open(dir);
-    return Qwen2(std::move(config), checkpoint, prefix, lm_head_name);
+    return Qwen2(std::move(config), checkpoint, prefix, lm_head_name, std::move(layout), std::move(comms));
   }
 
   Qwen2(io::Qwen2Config config, const io::Checkpoint& checkpoint, const std::string& prefix,
-        const std::string& lm_head_name)
-      : config_(std::move(config)) {
-    check_supported(checkpoint.directory().string());
+        const std::string& lm_head_name, std::optional<placement::Layout> layout = std::nullopt,
+        placement::Comms<Placement> comms = {})
+      : config_(std::move(config)),
+        layout_(layout ? std::move(*layout) : default_layout(config_.num_hidden_layers)),
+        comms_(std::move(comms)) {
+    const std::string dir = checkpoint.directory().string();
+    check_supported(dir);
+    layout_.check(config_.num_hidden_layers, N, detail::concat("Qwen2 (", dir, ")"));
+    check_divisible(dir);
+    const bool has_lm_head = checkpoint.contains(lm_head_name);
+    if (!has_lm_head && !config_.tie_word_embeddings) {
+      throw FormatError(detail::concat("Qwen2: checkpoint ", dir, " has no '", lm_head_name,
+                                       "' and config.json does not tie the word embeddings "
+                                       "(tie_word_embeddings is false)"));
+    }
     // A bar on stderr (a terminal only) when loading takes over a second.
     io::ProgressBar progress(detail::concat("loading ", checkpoint.directory().filename().string()),
                              checkpoint.total_bytes());
-    const auto weight = [&](const std::string& name) {
-      Tensor<D, T> t = checkpoint.load<D, T>(name);
-      progress.advance(checkpoint.info(name).nbytes);
-      return t;
-    };
-    embed_tokens_ = weight(prefix + "embed_tokens.weight");
-    for (std::int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-      const std::string p = detail::concat(prefix, "layers.", i, ".");
-      layers_.push_back(Layer{
-          nn::Linear<D, T>(weight(p + "self_attn.q_proj.weight"), weight(p + "self_attn.q_proj.bias")),
-          nn::Linear<D, T>(weight(p + "self_attn.k_proj.weight"), weight(p + "self_attn.k_proj.bias")),
-          nn::Linear<D, T>(weight(p + "self_attn.v_proj.weight"), weight(p + "self_attn.v_proj.bias")),
-          nn::Linear<D, T>(weight(p + "self_attn.o_proj.weight")),
-          nn::Linear<D, T>(weight(p + "mlp.gate_proj.weight")),
-          nn::Linear<D, T>(weight(p + "mlp.up_proj.weight")),
-          nn::Linear<D, T>(weight(p + "mlp.down_proj.weight")),
-          weight(p + "input_layernorm.weight"),
-          weight(p + "post_attention_layernorm.weight"),
+    for_each_stage([&]<std::size_t K>() {
+      placement::for_local_ranks<S<K>>(group<K>(), [&]<std::size_t R>() {
+        load_rank<K, R>(checkpoint, prefix, has_lm_head ? std::optional(lm_head_name) : std::nullopt, progress);
       });
-    }
-    norm_ = weight(prefix + "norm.weight");
-    if (checkpoint.contains(lm_head_name)) {
-      lm_head_ = weight(lm_head_name);
-    } else if (!config_.tie_word_embeddings) {
-      throw FormatError(detail::concat("Qwen2: checkpoint ", checkpoint.directory().string(), " has no '",
-                                       lm_head_name, "' and config.json does not tie the word embeddings "
-                                       "(tie_word_embeddings is false)"));
-    }
+    });
     progress.finish();
   }
 
   const io::Qwen2Config& config() const noexcept { return config_; }
+  // Which stage holds each layer and pinned part.
+  const placement::Layout& placement() const noexcept { return layout_; }
+  template <std::size_t K>
+  const placement::StageGroup<S<K>>& group() const noexcept {
+    return std::get<K>(comms_);
+  }
 
   // A cache for one sequence of up to `capacity` tokens.
   Cache new_cache(std::int64_t capacity) const {
-    return Cache(config_.num_hidden_layers, capacity, config_.num_key_value_heads, config_.head_dim());
+    if (capacity <= 0) throw ValueError(detail::concat("KVCache: capacity must be positive, got ", capacity));
+    Cache cache;
+    cache.capacity_ = capacity;
+    for_each_stage([&]<std::size_t K>() {
+      const auto layers = static_cast<std::int64_t>(layers_on(K));
+      const std::int64_t kv_heads = config_.num_key_value_heads / static_cast<std::int64_t>(placement::stage_size<S<K>>);
+      placement::for_local_ranks<S<K>>(group<K>(), [&]<std::size_t R>() {
+        std::get<R>(std::get<K>(cache.kv_)).emplace(layers, capacity, kv_heads, config_.head_dim());
+      });
+    });
+    return cache;
   }
 
   // Runs the new tokens `ids` of one sequence after those already in
   // `cache` (prefill when it is empty, decode with one id) and returns the
   // logits of every new position, [ids.size(), vocab_size].
-  Tensor<D, T> forward(std::span<const std::int64_t> ids, Cache& cache) const {
+  Tensor<device_type, T> forward(std::span<const std::int64_t> ids, Cache& cache) const {
     Cache* const cache_ptr = &cache;
-    std::vector<Tensor<D, T>> out = forward_batch({&ids, 1}, {&cache_ptr, 1});
+    std::vector<Tensor<device_type, T>> out = forward_batch({&ids, 1}, {&cache_ptr, 1});
     return std::move(out[0]);
   }
 
   // Several sequences at once: their tokens are concatenated so every linear
   // layer runs one GEMM over all of them, and attention runs per sequence
   // against its own cache. Returns each sequence's logits [len_i, vocab].
-  std::vector<Tensor<D, T>> forward_batch(std::span<const std::span<const std::int64_t>> sequences,
-                                          std::span<Cache* const> caches) const {
+  std::vector<Tensor<device_type, T>> forward_batch(std::span<const std::span<const std::int64_t>> sequences,
+                                                    std::span<Cache* const> caches) const {
     if (sequences.size() != caches.size() || sequences.empty()) {
       throw ValueError(detail::concat("Qwen2::forward_batch: ", sequences.size(), " sequences but ", caches.size(),
                                       " caches; pass one cache per sequence"));
     }
     const Segments seg = segments_of(sequences, caches);
-    Tensor<D, T> hidden = ops::embedding(embed_tokens_, to<D>(seg.ids));
-    const auto tables = ops::rope_tables(to<D>(seg.positions), config_.head_dim(), config_.rope.theta);
-    return decoder_stack(std::move(hidden), tables, seg, caches);
+    return run(seg, seg.positions, caches, [](auto&) {});
   }
 
-  // The token embeddings of `ids` (on D), [ids.size(), hidden_size]: what a
-  // multimodal model starts from before writing image features over the
-  // placeholder rows.
-  template <AnyTensor Ids>
-  Tensor<D, T> embed(const Ids& ids) const {
-    return ops::embedding(embed_tokens_, ids);
-  }
-
-  // Runs one sequence given as input embeddings [S, hidden_size] with its
-  // own rotary tables [S, head_dim] (M-RoPE for Qwen2.5-VL; rope_tables of
-  // cache.length() + i reproduces forward()), after the tokens in `cache`.
-  // Returns the logits of every new position, [S, vocab_size].
-  Tensor<D, T> forward_embeddings(Tensor<D, T> embeddings, const ops::RopeTables<D>& tables, Cache& cache) const {
-    if (embeddings.rank() != 2 || embeddings.dim(1) != config_.hidden_size || embeddings.dim(0) == 0) {
-      throw ShapeError(detail::concat("Qwen2::forward_embeddings: embeddings ", embeddings.shape().to_string(),
-                                      " must be [tokens > 0, hidden_size = ", config_.hidden_size, "]"));
-    }
-    const std::int64_t n = embeddings.dim(0);
-    if (tables.cos.shape() != Shape{n, config_.head_dim()} || tables.sin.shape() != tables.cos.shape()) {
-      throw ShapeError(detail::concat("Qwen2::forward_embeddings: rotary tables ", tables.cos.shape().to_string(),
-                                      " must be [", n, ", head_dim = ", config_.head_dim(), "]"));
+  // One sequence whose input embeddings are the token embeddings of `ids`
+  // with `edit` applied on each device of the embedding stage (a
+  // multimodal model writes its image features over the placeholder rows
+  // there: edit(Tensor<Dr, T>&) for every such device Dr), and whose rotary
+  // positions are `positions`: [S] for plain RoPE, [3, S] for M-RoPE (the
+  // config's mrope_section). With an edit that does nothing and positions
+  // cache.length() + i, this is forward().
+  template <class Edit>
+  Tensor<device_type, T> forward_edited(std::span<const std::int64_t> ids, const Tensor<Host, std::int64_t>& positions,
+                                        Cache& cache, Edit&& edit) const {
+    const auto n = static_cast<std::int64_t>(ids.size());
+    if (n == 0) throw ValueError("Qwen2::forward_edited: no token ids");
+    const bool mrope = positions.rank() == 2;
+    if (positions.dim(positions.rank() - 1) != n || (mrope && positions.dim(0) != 3) || positions.rank() > 2) {
+      throw ShapeError(detail::concat("Qwen2::forward_edited: positions ", positions.shape().to_string(), " must be [",
+                                      n, "] or [3, ", n, "] for ", n, " ids"));
     }
     cache.reserve_tokens(n);
     Segments seg;
     seg.starts = {0};
     seg.lengths = {n};
+    seg.ids = Tensor<Host, std::int64_t>(Shape{n});
+    std::copy(ids.begin(), ids.end(), seg.ids.span().begin());
     Cache* const cache_ptr = &cache;
-    std::vector<Tensor<D, T>> out = decoder_stack(std::move(embeddings), tables, seg, {&cache_ptr, 1});
+    std::vector<Tensor<device_type, T>> out = run(seg, positions, {&cache_ptr, 1}, edit);
     return std::move(out[0]);
   }
 
@@ -215,9 +337,9 @@ class Qwen2<Single<D>, T> {
   // is dropped rather than masked, so each row's real tokens are computed
   // exactly as forward_batch computes them; returns each row's logits for
   // its real tokens. Padding on the right or inside a row is a ValueError.
-  std::vector<Tensor<D, T>> forward_padded(const Tensor<Host, std::int64_t>& ids,
-                                           const Tensor<Host, std::int64_t>& attention_mask,
-                                           std::span<Cache* const> caches) const {
+  std::vector<Tensor<device_type, T>> forward_padded(const Tensor<Host, std::int64_t>& ids,
+                                                     const Tensor<Host, std::int64_t>& attention_mask,
+                                                     std::span<Cache* const> caches) const {
     if (ids.rank() != 2 || attention_mask.shape() != ids.shape()) {
       throw ShapeError(detail::concat("Qwen2::forward_padded: ids ", ids.shape().to_string(), " and attention_mask ",
                                       attention_mask.shape().to_string(), " must both be [batch, length]"));
@@ -241,17 +363,61 @@ class Qwen2<Single<D>, T> {
   }
 
  private:
-  struct Layer {
-    nn::Linear<D, T> q, k, v, o, gate, up, down;
-    Tensor<D, T> input_norm, post_norm;
-  };
-
   // Where each sequence's tokens sit in the concatenated batch, and the ids
   // and rotary positions (cache length + i), built on the host.
   struct Segments {
     std::vector<std::int64_t> starts, lengths;
     Tensor<Host, std::int64_t> ids, positions;
   };
+
+  static placement::Layout default_layout(std::int64_t layers) {
+    return N == 1 ? placement::Layout::single(layers) : placement::Layout::even(layers, N);
+  }
+
+  template <class F>
+  static void for_each_stage(F&& f) {
+    [&]<std::size_t... K>(std::index_sequence<K...>) { (f.template operator()<K>(), ...); }(
+        std::make_index_sequence<N>{});
+  }
+
+  std::size_t layers_on(std::size_t stage) const {
+    return static_cast<std::size_t>(std::count(layout_.layer_stage.begin(), layout_.layer_stage.end(), stage));
+  }
+
+  template <std::size_t K, std::size_t R>
+  const qwen2::RankParts<Dev<K, R>, T>& parts() const {
+    return *std::get<R>(std::get<K>(parts_));
+  }
+
+  template <std::size_t K, std::size_t R>
+  void load_rank(const io::Checkpoint& checkpoint, const std::string& prefix,
+                 const std::optional<std::string>& lm_head_name, io::ProgressBar& progress) {
+    using D = Dev<K, R>;
+    auto& mine = std::get<R>(std::get<K>(parts_)).emplace();
+    const auto whole = [&](const std::string& name) {
+      Tensor<D, T> t = checkpoint.load<D, T>(name);
+      progress.advance(checkpoint.info(name).nbytes);
+      return t;
+    };
+    const auto slice = [&](const std::string& name, int axis, std::int64_t begin, std::int64_t end) {
+      Tensor<D, T> t = checkpoint.load_slice<D, T>(name, axis, begin, end);
+      progress.advance(static_cast<std::uint64_t>(t.bytes()));
+      return t;
+    };
+    if (layout_.embed_stage == K) mine.embed_tokens = whole(prefix + "embed_tokens.weight");
+    for (std::size_t l = 0; l < layout_.layer_stage.size(); ++l) {
+      if (layout_.layer_stage[l] != K) continue;
+      mine.blocks.push_back(qwen2::Block<D, T>::load(detail::concat(prefix, "layers.", l, "."), config_, R,
+                                                     placement::stage_size<S<K>>, whole, slice));
+    }
+    if (layout_.head_stage == K) {
+      mine.norm = whole(prefix + "norm.weight");
+      // Tied weights: lm_head is the embedding table itself when both sit on
+      // this stage; pinned apart, the stage gets its own copy of the table.
+      if (lm_head_name) mine.lm_head = whole(*lm_head_name);
+      else if (!mine.embed_tokens) mine.lm_head = whole(prefix + "embed_tokens.weight");
+    }
+  }
 
   Segments segments_of(std::span<const std::span<const std::int64_t>> sequences, std::span<Cache* const> caches) const {
     Segments seg;
@@ -275,25 +441,48 @@ class Qwen2<Single<D>, T> {
     return seg;
   }
 
-  // Every decoder layer, the final norm and the output projection over the
-  // concatenated tokens of `seg`; advances each cache by its tokens.
-  std::vector<Tensor<D, T>> decoder_stack(Tensor<D, T> hidden, const ops::RopeTables<D>& tables, const Segments& seg,
-                                          std::span<Cache* const> caches) const {
-    const double eps = config_.rms_norm_eps;
-    Tensor<D, T> residual = std::move(hidden);
-    Tensor<D, T> h = ops::rms_norm(residual, layers_[0].input_norm, eps);
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      const Layer& layer = layers_[l];
-      const Tensor<D, T> attn = attention(layer, l, h, tables, seg, caches);
-      h = ops::add_rms_norm(attn, residual, layer.post_norm, eps);
-      const Tensor<D, T> mlp = layer.down.forward(ops::swiglu(layer.gate.forward(h), layer.up.forward(h)));
-      const Tensor<D, T>& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_norm : norm_;
-      h = ops::add_rms_norm(mlp, residual, next_norm, eps);
+  // Rotary tables on device D from host positions: [S] plain RoPE, [3, S] M-RoPE.
+  template <Device D>
+  ops::RopeTables<D> tables_on(const Tensor<Host, std::int64_t>& positions) const {
+    if (positions.rank() == 2) {
+      return ops::mrope_tables(to<D>(positions), config_.head_dim(), config_.rope.theta, config_.rope.mrope_section);
     }
-    for (std::size_t s = 0; s < caches.size(); ++s) caches[s]->advance(seg.lengths[s]);
+    return ops::rope_tables(to<D>(positions), config_.head_dim(), config_.rope.theta);
+  }
 
-    Tensor<D, T> logits = ops::linear(h, lm_head_ ? *lm_head_ : embed_tokens_);
-    std::vector<Tensor<D, T>> out;
+  // The whole forward: embeddings on the embedding stage, each stage's
+  // layers in turn, the head on its stage; logits back on device_type.
+  template <class Edit>
+  std::vector<Tensor<device_type, T>> run(const Segments& seg, const Tensor<Host, std::int64_t>& positions,
+                                          std::span<Cache* const> caches, Edit&& edit) const {
+    Value<0> hidden = with_stage_index<N>(layout_.embed_stage, [&]<std::size_t E>() {
+      Value<E> embedded;
+      placement::for_local_ranks<S<E>>(group<E>(), [&]<std::size_t R>() {
+        Tensor<Dev<E, R>, T> x = ops::embedding(*parts<E, R>().embed_tokens, to<Dev<E, R>>(seg.ids));
+        edit(x);
+        embedded.template set<R>(std::move(x));
+      });
+      return placement::move_to_stage<S<0>, S<E>, T>(embedded, group<E>(), group<0>());
+    });
+    Value<N - 1> last = run_stages<0>(std::move(hidden), seg, positions, caches);
+    for (std::size_t s = 0; s < caches.size(); ++s) {
+      caches[s]->for_each_kv([&](auto& kv) { kv.advance(seg.lengths[s]); });
+      caches[s]->length_ += seg.lengths[s];
+    }
+    Tensor<device_type, T> logits = with_stage_index<N>(layout_.head_stage, [&]<std::size_t H>() {
+      const Value<H> at_head = placement::move_to_stage<S<H>, S<N - 1>, T>(last, group<N - 1>(), group<H>());
+      std::optional<Tensor<device_type, T>> out;
+      // Every held rank computes the logits (each process of a multi-process
+      // group samples from its own copy); the first one is returned.
+      placement::for_local_ranks<S<H>>(group<H>(), [&]<std::size_t R>() {
+        const auto& mine = parts<H, R>();
+        const Tensor<Dev<H, R>, T> h = ops::rms_norm(at_head.template part<R>(), *mine.norm, config_.rms_norm_eps);
+        const Tensor<Dev<H, R>, T>& head = mine.lm_head ? *mine.lm_head : *mine.embed_tokens;
+        if (!out) out.emplace(to<device_type>(ops::linear(h, head)));
+      });
+      return std::move(*out);
+    });
+    std::vector<Tensor<device_type, T>> out;
     if (caches.size() == 1) {  // one sequence: its logits are all of them
       out.push_back(std::move(logits));
       return out;
@@ -304,30 +493,132 @@ class Qwen2<Single<D>, T> {
     return out;
   }
 
-  // Self-attention of layer l over the batch: projections and RoPE for all
-  // tokens at once, then each sequence's queries against its cache.
-  Tensor<D, T> attention(const Layer& layer, std::size_t l, const Tensor<D, T>& h, const ops::RopeTables<D>& tables,
-                         const Segments& seg, std::span<Cache* const> caches) const {
-    const std::int64_t tokens = h.dim(0), hd = config_.head_dim();
-    const std::int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
-    const Tensor<D, T> q_proj = layer.q.forward(h);
-    const Tensor<D, T> k_proj = layer.k.forward(h);
-    const Tensor<D, T> v_proj = layer.v.forward(h);
-    const Tensor<D, T> q = ops::apply_rope(q_proj.view().reshape({tokens, heads, hd}), tables.cos, tables.sin);
-    const Tensor<D, T> k = ops::apply_rope(k_proj.view().reshape({tokens, kv_heads, hd}), tables.cos, tables.sin);
-    const auto v = v_proj.view().reshape({tokens, kv_heads, hd});
-
-    ops::AttentionOptions options;
-    options.mask = ops::MaskKind::Causal;  // bottom-right: new token i sees the cache and new tokens <= i
-    std::vector<Tensor<D, T>> outputs;
-    for (std::size_t s = 0; s < caches.size(); ++s) {
-      const std::int64_t begin = seg.starts[s], end = begin + seg.lengths[s];
-      const auto [keys, values] = caches[s]->append(l, k.view().slice(0, begin, end), v.slice(0, begin, end));
-      outputs.push_back(ops::attention(q.view().slice(0, begin, end), keys, values, options));
+  // Stage K's layers over the residual stream `residual`, then the stages
+  // after it; returns the residual stream after the last layer.
+  template <std::size_t K>
+  Value<N - 1> run_stages(Value<K> residual, const Segments& seg, const Tensor<Host, std::int64_t>& positions,
+                          std::span<Cache* const> caches) const {
+    if (layers_on(K) > 0) residual = run_stage<K>(std::move(residual), seg, positions, caches);
+    if constexpr (K + 1 == N) {
+      return residual;
+    } else {
+      return run_stages<K + 1>(placement::move_to_stage<S<K + 1>, S<K>, T>(residual, group<K>(), group<K + 1>()), seg,
+                               positions, caches);
     }
-    Tensor<D, T> joined = outputs.size() == 1 ? std::move(outputs[0]) : ops::concat(outputs, 0);
-    joined.reshape_inplace(Shape{tokens, heads * hd});
-    return layer.o.forward(joined);
+  }
+
+  // The decoder layers of stage K. Within the stage each residual add is
+  // fused with the next norm; the stage's last add is left unfused (its norm
+  // is on the next stage), which gives the same bits.
+  template <std::size_t K>
+  Value<K> run_stage(Value<K> residual, const Segments& seg, const Tensor<Host, std::int64_t>& positions,
+                     std::span<Cache* const> caches) const {
+    const double eps = config_.rms_norm_eps;
+    typename qwen2::rank_parts_of<devices_of_stage<S<K>>, T>::tables tables;
+    Value<K> h;
+    placement::for_local_ranks<S<K>>(group<K>(), [&]<std::size_t R>() {
+      std::get<R>(tables).emplace(tables_on<Dev<K, R>>(positions));
+      h.template set<R>(ops::rms_norm(residual.template part<R>(), parts<K, R>().blocks[0].input_norm, eps));
+    });
+    const std::size_t count = layers_on(K);
+    for (std::size_t l = 0; l < count; ++l) {
+      const Value<K> attn = attention<K>(l, h, tables, seg, caches);
+      placement::for_local_ranks<S<K>>(group<K>(), [&]<std::size_t R>() {
+        h.template part<R>() = ops::add_rms_norm(attn.template part<R>(), residual.template part<R>(),
+                                                 parts<K, R>().blocks[l].post_norm, eps);
+      });
+      const Value<K> mlp = feed_forward<K>(l, h);
+      placement::for_local_ranks<S<K>>(group<K>(), [&]<std::size_t R>() {
+        auto& res = residual.template part<R>();
+        if (l + 1 < count) {
+          h.template part<R>() = ops::add_rms_norm(mlp.template part<R>(), res, parts<K, R>().blocks[l + 1].input_norm, eps);
+        } else {
+          res = ops::add(mlp.template part<R>(), res);
+        }
+      });
+    }
+    return residual;
+  }
+
+  // Self-attention of the stage's layer l over the batch: each rank
+  // projects its heads, rotates, attends against its cache and applies its
+  // columns of o_proj; the partial outputs are all-reduced.
+  template <std::size_t K, class Tables>
+  Value<K> attention(std::size_t l, const Value<K>& h, const Tables& tables, const Segments& seg,
+                     std::span<Cache* const> caches) const {
+    const auto ranks = static_cast<std::int64_t>(placement::stage_size<S<K>>);
+    const std::int64_t hd = config_.head_dim();
+    const std::int64_t heads = config_.num_attention_heads / ranks, kv_heads = config_.num_key_value_heads / ranks;
+    Distributed<typename partial_of<K>::type, T> partial;
+    placement::for_local_ranks<S<K>>(group<K>(), [&]<std::size_t R>() {
+      using D = Dev<K, R>;
+      const auto& layer = parts<K, R>().blocks[l];
+      const auto& x = h.template part<R>();
+      const auto& rope = *std::get<R>(tables);
+      const std::int64_t tokens = x.dim(0);
+      const Tensor<D, T> q_proj = layer.q.forward(x);
+      const Tensor<D, T> k_proj = layer.k.forward(x);
+      const Tensor<D, T> v_proj = layer.v.forward(x);
+      const Tensor<D, T> q = ops::apply_rope(q_proj.view().reshape({tokens, heads, hd}), rope.cos, rope.sin);
+      const Tensor<D, T> k = ops::apply_rope(k_proj.view().reshape({tokens, kv_heads, hd}), rope.cos, rope.sin);
+      const auto v = v_proj.view().reshape({tokens, kv_heads, hd});
+
+      ops::AttentionOptions options;
+      options.mask = ops::MaskKind::Causal;  // bottom-right: new token i sees the cache and new tokens <= i
+      std::vector<Tensor<D, T>> outputs;
+      for (std::size_t s = 0; s < caches.size(); ++s) {
+        const std::int64_t begin = seg.starts[s], end = begin + seg.lengths[s];
+        const auto [keys, values] =
+            caches[s]->template kv<K, R>().append(l, k.view().slice(0, begin, end), v.slice(0, begin, end));
+        outputs.push_back(ops::attention(q.view().slice(0, begin, end), keys, values, options));
+      }
+      Tensor<D, T> joined = outputs.size() == 1 ? std::move(outputs[0]) : ops::concat(outputs, 0);
+      joined.reshape_inplace(Shape{tokens, heads * hd});
+      partial.template set<R>(layer.o.forward(joined));
+    });
+    return group<K>().all_reduce(std::move(partial));
+  }
+
+  // The stage's layer l MLP: each rank's gate/up rows and down columns,
+  // then the all-reduce of the partial sums.
+  template <std::size_t K>
+  Value<K> feed_forward(std::size_t l, const Value<K>& h) const {
+    Distributed<typename partial_of<K>::type, T> partial;
+    placement::for_local_ranks<S<K>>(group<K>(), [&]<std::size_t R>() {
+      const auto& layer = parts<K, R>().blocks[l];
+      const auto& x = h.template part<R>();
+      partial.template set<R>(layer.down.forward(ops::swiglu(layer.gate.forward(x), layer.up.forward(x))));
+    });
+    return group<K>().all_reduce(std::move(partial));
+  }
+
+  template <std::size_t K>
+  struct partial_of {
+    template <class Tuple>
+    struct of;
+    template <class... Ds>
+    struct of<std::tuple<Ds...>> {
+      using type = Partial<Ds...>;
+    };
+    using type = typename of<devices_of_stage<S<K>>>::type;
+  };
+
+  // A tensor-parallel stage splits heads, KV heads and the MLP's columns
+  // evenly; anything else is a placement error, raised before loading.
+  void check_divisible(const std::string& dir) const {
+    for_each_stage([&]<std::size_t K>() {
+      const auto ranks = static_cast<std::int64_t>(placement::stage_size<S<K>>);
+      if (ranks == 1) return;
+      for (const auto& [what, count] : {std::pair{"num_attention_heads", config_.num_attention_heads},
+                                        std::pair{"num_key_value_heads", config_.num_key_value_heads},
+                                        std::pair{"intermediate_size", config_.intermediate_size}}) {
+        if (count % ranks != 0) {
+          throw PlanError(detail::concat("Qwen2 (", dir, "): stage ", K, " is ", stage_name<S<K>>(), " over ", ranks,
+                                         " devices, which does not divide ", what, " = ", count,
+                                         "; use a group size that divides it, or a pipeline instead"));
+        }
+      }
+    });
   }
 
   // What this implementation does not cover fails at load, not silently.
@@ -341,17 +632,16 @@ class Qwen2<Single<D>, T> {
     }
     // M-RoPE (Qwen2.5-VL's language model) is plain RoPE for text, where the
     // three position components are equal; multimodal positions come in
-    // through forward_embeddings' tables.
+    // through forward_edited's [3, S] positions.
     if (config_.rope.type != "default" && config_.rope.type != "mrope") {
       fail(detail::concat("rope type \"", config_.rope.type, "\" is not supported by the Qwen2 text model"));
     }
   }
 
   io::Qwen2Config config_;
-  Tensor<D, T> embed_tokens_;
-  std::vector<Layer> layers_;
-  Tensor<D, T> norm_;
-  std::optional<Tensor<D, T>> lm_head_;
+  placement::Layout layout_;
+  placement::Comms<Placement> comms_;
+  typename qwen2::stage_parts_of<stages_of<Placement>, T>::parts parts_;
 };
 
 }  // namespace tessera::models

@@ -34,7 +34,9 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -213,36 +215,8 @@ inline RopeIndex get_rope_index(std::span<const std::int64_t> ids, std::span<con
   return out;
 }
 
-// M-RoPE tables [S, head_dim] from positions [3, S] on D: column j < head_dim/2
-// (and j + head_dim/2) takes the rotation of the axis whose mrope_section
-// holds frequency j (sections cycle t, h, w), as transformers'
-// recomposition_frequencies does with freq.split(mrope_section).
-template <Device D>
-ops::RopeTables<D> mrope_tables(const Tensor<D, std::int64_t>& positions, std::int64_t head_dim, double theta,
-                                std::span<const std::int64_t> mrope_section) {
-  if (positions.rank() != 2 || positions.dim(0) != 3) {
-    throw ShapeError(tessera::detail::concat("mrope_tables: positions ", positions.shape().to_string(),
-                                             " must be [3, tokens]"));
-  }
-  const std::int64_t seq = positions.dim(1), half = head_dim / 2;
-  std::array<ops::RopeTables<D>, 3> axis;
-  for (std::int64_t a = 0; a < 3; ++a) {
-    axis[static_cast<std::size_t>(a)] =
-        ops::rope_tables(positions.view().slice(0, a, a + 1).reshape({seq}), head_dim, theta);
-  }
-  // Frequency j takes the axis whose section holds it; sections cycle t, h, w.
-  std::vector<ops::RopeSection> sections;
-  std::int64_t begin = 0;
-  for (std::size_t s = 0; s < mrope_section.size(); ++s) {
-    sections.push_back({s % 3, begin, mrope_section[s]});
-    begin += mrope_section[s];
-  }
-  if (begin != half) {
-    throw ValueError(tessera::detail::concat("mrope_tables: mrope_section sums to ", begin, " but head_dim / 2 is ",
-                                             half));
-  }
-  return ops::compose_rope_tables<D>(axis, sections);
-}
+// M-RoPE tables (ops/rope.hpp; the language model builds them per stage).
+using ops::mrope_tables;
 
 // Where the weights of each part live in a checkpoint.
 struct CheckpointLayout {
@@ -266,144 +240,22 @@ inline CheckpointLayout detect_layout(const io::Checkpoint& checkpoint) {
 
 }  // namespace qwen2_5_vl
 
-template <DevicePlacement Placement, FloatType T = bf16>
-class Qwen2_5_VL;
+namespace qwen2_5_vl {
 
-// Qwen2.5-VL with the vision tower, the language model, its caches and
-// every activation on one device D.
-template <Device D, FloatType T>
-class Qwen2_5_VL<Single<D>, T> {
- public:
-  using device_type = D;
-  using Config = qwen2_5_vl::Config;
-  using Prompt = qwen2_5_vl::Prompt;
-
-  // One sequence's keys and values plus the M-RoPE offset its decode steps
-  // continue from (set by the prefill).
-  struct Cache {
-    KVCache<D, T> kv;
-    std::int64_t rope_delta = 0;
-
-    std::int64_t length() const noexcept { return kv.length(); }
-    std::int64_t capacity() const noexcept { return kv.capacity(); }
-  };
-
-  // Loads a Hugging Face checkpoint directory in either published layout.
-  static Qwen2_5_VL load(const std::filesystem::path& dir) {
-    Config config = Config::load(dir);
-    const io::Checkpoint checkpoint = io::Checkpoint::open(dir);
-    return Qwen2_5_VL(std::move(config), checkpoint);
-  }
-
-  Qwen2_5_VL(Config config, const io::Checkpoint& checkpoint)
-      : config_(std::move(config)),
-        layout_(qwen2_5_vl::detect_layout(checkpoint)),
-        vision_(qwen2_5_vl::VisionTower<D, T>::load(checkpoint, layout_.vision, config_.vision)),
-        text_(config_.text, checkpoint, layout_.text, layout_.lm_head) {}
-
-  const Config& config() const noexcept { return config_; }
-  const qwen2_5_vl::CheckpointLayout& layout() const noexcept { return layout_; }
-  const qwen2_5_vl::VisionTower<D, T>& vision() const noexcept { return vision_; }
-  const Qwen2<Single<D>, T>& language_model() const noexcept { return text_; }
-
-  // A cache for one sequence of up to `capacity` tokens.
-  Cache new_cache(std::int64_t capacity) const { return Cache{text_.new_cache(capacity), 0}; }
-
-  // The vision tower's output for these images, concatenated in order:
-  // [sum of t*h*w / merge^2, hidden_size], the rows that replace the image
-  // placeholders.
-  Tensor<D, T> image_features(std::span<const qwen2_5_vl::ProcessedImage> images) const {
-    return features(images, "image");
-  }
-  Tensor<D, T> video_features(std::span<const qwen2_5_vl::ProcessedVideo> videos) const {
-    return features(videos, "video");
-  }
-
-  // Prefill: the prompt's ids with its images and videos, into an empty
-  // cache. Returns the logits of every position, [ids.size(), vocab_size],
-  // and leaves the rope offset for decoding in the cache.
-  Tensor<D, T> forward(const Prompt& prompt, Cache& cache) const {
-    if (cache.length() != 0) {
-      throw ValueError(tessera::detail::concat("Qwen2_5_VL::forward: a prompt with images must start a sequence, "
-                                               "but the cache already holds ", cache.length(), " tokens"));
-    }
-    if (prompt.ids.empty()) throw ValueError("Qwen2_5_VL::forward: the prompt has no tokens");
-    const std::vector<qwen2_5_vl::GridTHW> image_grids = grids_of(prompt.images);
-    const std::vector<qwen2_5_vl::GridTHW> video_grids = grids_of(prompt.videos);
-    std::vector<double> seconds;
-    for (const auto& v : prompt.videos) seconds.push_back(v.second_per_grid_t);
-    const std::int64_t merge = config_.vision.spatial_merge_size;
-    qwen2_5_vl::check_placeholder_counts(prompt.ids, image_grids, video_grids, config_.tokens, merge);
-    qwen2_5_vl::RopeIndex index = qwen2_5_vl::get_rope_index(prompt.ids, image_grids, video_grids, seconds,
-                                                             config_.tokens, merge, config_.vision.tokens_per_second);
-
-    const Tensor<Host, std::int64_t> ids = host_ids(prompt.ids);
-    Tensor<D, T> embeddings = text_.embed(to<D>(ids));
-    if (!prompt.images.empty()) scatter(embeddings, prompt.ids, config_.tokens.image, image_features(prompt.images));
-    if (!prompt.videos.empty()) scatter(embeddings, prompt.ids, config_.tokens.video, video_features(prompt.videos));
-
-    const ops::RopeTables<D> tables = qwen2_5_vl::mrope_tables(
-        to<D>(index.positions), config_.text.head_dim(), config_.text.rope.theta, config_.text.rope.mrope_section);
-    Tensor<D, T> logits = text_.forward_embeddings(std::move(embeddings), tables, cache.kv);
-    cache.rope_delta = index.rope_delta;
-    return logits;
-  }
-
-  // Text tokens after those in the cache (decoding): positions continue at
-  // cache length + rope_delta on all three axes.
-  Tensor<D, T> forward(std::span<const std::int64_t> ids, Cache& cache) const {
-    if (ids.empty()) throw ValueError("Qwen2_5_VL::forward: no token ids");
-    Tensor<Host, std::int64_t> positions(Shape{static_cast<std::int64_t>(ids.size())});
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      positions.span()[i] = cache.length() + static_cast<std::int64_t>(i) + cache.rope_delta;
-    }
-    const ops::RopeTables<D> tables =
-        ops::rope_tables(to<D>(positions), config_.text.head_dim(), config_.text.rope.theta);
-    return text_.forward_embeddings(text_.embed(to<D>(host_ids(ids))), tables, cache.kv);
-  }
-
- private:
-  static Tensor<Host, std::int64_t> host_ids(std::span<const std::int64_t> ids) {
-    Tensor<Host, std::int64_t> t(Shape{static_cast<std::int64_t>(ids.size())});
-    std::copy(ids.begin(), ids.end(), t.span().begin());
-    return t;
-  }
-
-  template <class Items>
-  static std::vector<qwen2_5_vl::GridTHW> grids_of(const Items& items) {
-    std::vector<qwen2_5_vl::GridTHW> grids;
-    for (const auto& item : items) grids.push_back(item.grid_thw);
-    return grids;
-  }
-
-  // Runs the vision tower once over all items of one kind (their patch rows
-  // concatenated, as transformers does), in the model's element type.
-  template <class Items>
-  Tensor<D, T> features(const Items& items, const char* kind) const {
-    if (items.empty()) {
-      throw ValueError(tessera::detail::concat("Qwen2_5_VL: no ", kind, "s to run the vision tower on"));
-    }
-    std::vector<TensorView<Host, const float>> rows;
-    for (const auto& item : items) rows.push_back(item.pixel_values.view());
-    const Tensor<Host, float> pixels = ops::concat(std::span<const TensorView<Host, const float>>(rows), 0);
-    Tensor<D, float> on_device = to<D>(pixels);
-    Tensor<D, T> input = [&] {
-      if constexpr (std::same_as<T, float>) {
-        return std::move(on_device);
-      } else {
-        return ops::cast<T>(on_device);
-      }
-    }();
-    const std::vector<qwen2_5_vl::GridTHW> grids = grids_of(items);
-    return vision_.forward(input, grids);
-  }
-
-  // Writes the rows of `features` over the rows of `embeddings` whose id is
-  // `placeholder`, in order (transformers' masked_scatter). Placeholders sit
-  // in runs, one per item, so this is one copy per run. forward() has
-  // checked that the placeholder count equals features.dim(0).
-  static void scatter(Tensor<D, T>& embeddings, std::span<const std::int64_t> ids, std::int64_t placeholder,
-                      const Tensor<D, T>& features) {
+// Writes the rows of `features` over the rows of `embeddings` whose id is
+// `placeholder`, in order (transformers' masked_scatter). Placeholders sit
+// in runs, one per item, so this is one copy per run. Both tensors must be
+// on one device: features made on the vision tower's device are moved to
+// the embeddings' with to<> first (§2.6 #2, #8, #9 are this call with the
+// devices mixed). The caller has checked that the placeholder count equals
+// features.dim(0) (check_placeholder_counts).
+template <Device D, FloatType T, Device F>
+void scatter_features(Tensor<D, T>& embeddings, std::span<const std::int64_t> ids, std::int64_t placeholder,
+                      const Tensor<F, T>& features) {
+  static_assert(same_device<D, F>,
+                "tessera: image/video features and the text embeddings they are scattered into live on different "
+                "devices; move the features with tessera::to<Device>(features) first");
+  if constexpr (same_device<D, F>) {
     std::int64_t used = 0;
     const auto n = static_cast<std::int64_t>(ids.size());
     for (std::int64_t i = 0; i < n;) {
@@ -418,11 +270,194 @@ class Qwen2_5_VL<Single<D>, T> {
       i = end;
     }
   }
+}
+
+}  // namespace qwen2_5_vl
+
+// Qwen2.5-VL placed by a policy (placement/policy.hpp): the language model
+// spread as Qwen2<Placement> spreads it, the vision tower and merger whole
+// on the first held device of the stage the Layout pins them to (stage 0 by
+// default; replicated per process under MPI, never split). Image and video
+// features cross to the embedding stage with to<>; logits come back on
+// device_type, where the ids enter.
+template <DevicePlacement Placement, FloatType T = bf16>
+class Qwen2_5_VL {
+  static constexpr std::size_t N = stage_count<Placement>;
+  template <std::size_t K>
+  using S = stage_at<Placement, K>;
+  template <std::size_t K, std::size_t R>
+  using Dev = placement::stage_device<S<K>, R>;
+  template <class D>
+  using Tower = qwen2_5_vl::VisionTower<D, T>;
+  using Features = placement::AnyPolicyTensor<Placement, T>;
+
+ public:
+  using policy = Placement;
+  using device_type = output_device<Placement>;
+  using Config = qwen2_5_vl::Config;
+  using Prompt = qwen2_5_vl::Prompt;
+  using LanguageModel = Qwen2<Placement, T>;
+
+  // One sequence's keys and values plus the M-RoPE offset its decode steps
+  // continue from (set by the prefill).
+  struct Cache {
+    typename LanguageModel::Cache kv;
+    std::int64_t rope_delta = 0;
+
+    std::int64_t length() const noexcept { return kv.length(); }
+    std::int64_t capacity() const noexcept { return kv.capacity(); }
+  };
+
+  // Loads a Hugging Face checkpoint directory in either published layout.
+  // `placement` and `comms` as for Qwen2::load.
+  static Qwen2_5_VL load(const std::filesystem::path& dir, std::optional<placement::Layout> placement = std::nullopt,
+                         placement::Comms<Placement> comms = {}) {
+    Config config = Config::load(dir);
+    const io::Checkpoint checkpoint = io::Checkpoint::open(dir);
+    return Qwen2_5_VL(std::move(config), checkpoint, std::move(placement), std::move(comms));
+  }
+
+  Qwen2_5_VL(Config config, const io::Checkpoint& checkpoint, std::optional<placement::Layout> placement = std::nullopt,
+             placement::Comms<Placement> comms = {})
+      : config_(std::move(config)),
+        layout_(qwen2_5_vl::detect_layout(checkpoint)),
+        text_(config_.text, checkpoint, layout_.text, layout_.lm_head, std::move(placement), std::move(comms)) {
+    with_stage_index<N>(text_.placement().vision_stage, [&]<std::size_t V>() {
+      const std::size_t first = placement::first_local_rank<S<V>>(text_.template group<V>());
+      placement::for_local_ranks<S<V>>(text_.template group<V>(), [&]<std::size_t R>() {
+        if (R != first) return;
+        vision_.template emplace<placement::policy_device_index<Placement, V, R>() + 1>(
+            Tower<Dev<V, R>>::load(checkpoint, layout_.vision, config_.vision));
+      });
+    });
+  }
+
+  const Config& config() const noexcept { return config_; }
+  const qwen2_5_vl::CheckpointLayout& layout() const noexcept { return layout_; }
+  // Which stage holds each layer and pinned part.
+  const placement::Layout& placement() const noexcept { return text_.placement(); }
+  const LanguageModel& language_model() const noexcept { return text_; }
+
+  // A cache for one sequence of up to `capacity` tokens.
+  Cache new_cache(std::int64_t capacity) const { return Cache{text_.new_cache(capacity), 0}; }
+
+  // The vision tower's output for these images, concatenated in order:
+  // [sum of t*h*w / merge^2, hidden_size], the rows that replace the image
+  // placeholders, on device_type.
+  Tensor<device_type, T> image_features(std::span<const qwen2_5_vl::ProcessedImage> images) const {
+    return on_output(features(images, "image"));
+  }
+  Tensor<device_type, T> video_features(std::span<const qwen2_5_vl::ProcessedVideo> videos) const {
+    return on_output(features(videos, "video"));
+  }
+
+  // Prefill: the prompt's ids with its images and videos, into an empty
+  // cache. Returns the logits of every position, [ids.size(), vocab_size],
+  // and leaves the rope offset for decoding in the cache.
+  Tensor<device_type, T> forward(const Prompt& prompt, Cache& cache) const {
+    if (cache.length() != 0) {
+      throw ValueError(tessera::detail::concat("Qwen2_5_VL::forward: a prompt with images must start a sequence, "
+                                               "but the cache already holds ", cache.length(), " tokens"));
+    }
+    if (prompt.ids.empty()) throw ValueError("Qwen2_5_VL::forward: the prompt has no tokens");
+    const std::vector<qwen2_5_vl::GridTHW> image_grids = grids_of(prompt.images);
+    const std::vector<qwen2_5_vl::GridTHW> video_grids = grids_of(prompt.videos);
+    std::vector<double> seconds;
+    for (const auto& v : prompt.videos) seconds.push_back(v.second_per_grid_t);
+    const std::int64_t merge = config_.vision.spatial_merge_size;
+    qwen2_5_vl::check_placeholder_counts(prompt.ids, image_grids, video_grids, config_.tokens, merge);
+    qwen2_5_vl::RopeIndex index = qwen2_5_vl::get_rope_index(prompt.ids, image_grids, video_grids, seconds,
+                                                             config_.tokens, merge, config_.vision.tokens_per_second);
+
+    std::optional<Features> images, videos;
+    if (!prompt.images.empty()) images.emplace(features(prompt.images, "image"));
+    if (!prompt.videos.empty()) videos.emplace(features(prompt.videos, "video"));
+    // On each device of the embedding stage: the features, moved there with
+    // to<>, over the placeholder rows.
+    const auto edit = [&](auto& embeddings) {
+      using D = device_of<std::remove_cvref_t<decltype(embeddings)>>;
+      const auto write = [&](const std::optional<Features>& feats, std::int64_t placeholder) {
+        if (!feats) return;
+        std::visit([&](const auto& f) {
+          if constexpr (std::is_same_v<std::remove_cvref_t<decltype(f)>, Tensor<D, T>>) {
+            qwen2_5_vl::scatter_features(embeddings, prompt.ids, placeholder, f);
+          } else {
+            qwen2_5_vl::scatter_features(embeddings, prompt.ids, placeholder, to<D>(f));
+          }
+        }, *feats);
+      };
+      write(images, config_.tokens.image);
+      write(videos, config_.tokens.video);
+    };
+    Tensor<device_type, T> logits = text_.forward_edited(prompt.ids, index.positions, cache.kv, edit);
+    cache.rope_delta = index.rope_delta;
+    return logits;
+  }
+
+  // Text tokens after those in the cache (decoding): positions continue at
+  // cache length + rope_delta on all three axes.
+  Tensor<device_type, T> forward(std::span<const std::int64_t> ids, Cache& cache) const {
+    if (ids.empty()) throw ValueError("Qwen2_5_VL::forward: no token ids");
+    Tensor<Host, std::int64_t> positions(Shape{static_cast<std::int64_t>(ids.size())});
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      positions.span()[i] = cache.length() + static_cast<std::int64_t>(i) + cache.rope_delta;
+    }
+    return text_.forward_edited(ids, positions, cache.kv, [](auto&) {});
+  }
+
+ private:
+  template <class Items>
+  static std::vector<qwen2_5_vl::GridTHW> grids_of(const Items& items) {
+    std::vector<qwen2_5_vl::GridTHW> grids;
+    for (const auto& item : items) grids.push_back(item.grid_thw);
+    return grids;
+  }
+
+  Tensor<device_type, T> on_output(const Features& f) const {
+    return std::visit([](const auto& t) { return to<device_type>(t); }, f);
+  }
+
+  // Runs the vision tower once over all items of one kind (their patch rows
+  // concatenated, as transformers does), in the model's element type, on
+  // the device that holds the tower.
+  template <class Items>
+  Features features(const Items& items, const char* kind) const {
+    if (items.empty()) {
+      throw ValueError(tessera::detail::concat("Qwen2_5_VL: no ", kind, "s to run the vision tower on"));
+    }
+    std::vector<TensorView<Host, const float>> rows;
+    for (const auto& item : items) rows.push_back(item.pixel_values.view());
+    const Tensor<Host, float> pixels = ops::concat(std::span<const TensorView<Host, const float>>(rows), 0);
+    const std::vector<qwen2_5_vl::GridTHW> grids = grids_of(items);
+    std::optional<Features> out;
+    run_on_tower([&]<std::size_t I>(const auto& tower) {
+      using D = device_of<std::variant_alternative_t<I, Features>>;
+      Tensor<D, float> on_device = to<D>(pixels);
+      Tensor<D, T> input = [&] {
+        if constexpr (std::same_as<T, float>) {
+          return std::move(on_device);
+        } else {
+          return ops::cast<T>(on_device);
+        }
+      }();
+      out.emplace(std::in_place_index<I>, tower.forward(input, grids));
+    });
+    return std::move(*out);
+  }
+
+  // f.template operator()<I>(tower) with the loaded tower and I its index in
+  // policy_devices<Placement>.
+  template <class F>
+  void run_on_tower(F&& f) const {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (void)((vision_.index() == I + 1 ? (f.template operator()<I>(std::get<I + 1>(vision_)), true) : false) || ...);
+    }(std::make_index_sequence<std::variant_size_v<Features>>{});
+  }
 
   Config config_;
   qwen2_5_vl::CheckpointLayout layout_;
-  qwen2_5_vl::VisionTower<D, T> vision_;
-  Qwen2<Single<D>, T> text_;
+  LanguageModel text_;
+  placement::PolicyVariant<Placement, Tower> vision_;
 };
 
 }  // namespace tessera::models

@@ -11,6 +11,7 @@
 // CUDA launchers: ops/cuda/rope.cuh.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <span>
 #include <vector>
@@ -200,6 +201,37 @@ Tensor<device_of<X>, element_of<X>> apply_rope(const X& x, const C& cos, const S
     });
   }
   return out;
+}
+
+// M-RoPE tables [S, head_dim] from positions [3, S] on D: column j < head_dim/2
+// (and j + head_dim/2) takes the rotation of the axis whose mrope_section
+// holds frequency j (sections cycle t, h, w), as transformers'
+// recomposition_frequencies does with freq.split(mrope_section).
+template <Device D>
+ops::RopeTables<D> mrope_tables(const Tensor<D, std::int64_t>& positions, std::int64_t head_dim, double theta,
+                                std::span<const std::int64_t> mrope_section) {
+  if (positions.rank() != 2 || positions.dim(0) != 3) {
+    throw ShapeError(detail::concat("mrope_tables: positions ", positions.shape().to_string(),
+                                             " must be [3, tokens]"));
+  }
+  const std::int64_t seq = positions.dim(1), half = head_dim / 2;
+  std::array<ops::RopeTables<D>, 3> axis;
+  for (std::int64_t a = 0; a < 3; ++a) {
+    axis[static_cast<std::size_t>(a)] =
+        ops::rope_tables(positions.view().slice(0, a, a + 1).reshape({seq}), head_dim, theta);
+  }
+  // Frequency j takes the axis whose section holds it; sections cycle t, h, w.
+  std::vector<ops::RopeSection> sections;
+  std::int64_t begin = 0;
+  for (std::size_t s = 0; s < mrope_section.size(); ++s) {
+    sections.push_back({s % 3, begin, mrope_section[s]});
+    begin += mrope_section[s];
+  }
+  if (begin != half) {
+    throw ValueError(detail::concat("mrope_tables: mrope_section sums to ", begin, " but head_dim / 2 is ",
+                                             half));
+  }
+  return ops::compose_rope_tables<D>(axis, sections);
 }
 
 }  // namespace tessera::ops

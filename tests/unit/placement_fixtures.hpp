@@ -1,0 +1,87 @@
+// Shared by the placement tests: the Qwen2.5-VL fixtures' prompts (through
+// tessera's own processor, as the golden tests build them) and references.
+#pragma once
+
+#include <tessera/io/safetensors.hpp>
+#include <tessera/models/qwen2_5_vl.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace tessera::testing::placement_fixtures {
+
+namespace vl = models::qwen2_5_vl;
+namespace fs = std::filesystem;
+using Ids = std::vector<std::int64_t>;
+
+inline fs::path root() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures"; }
+inline fs::path vl_dir(const std::string& variant) { return root() / "qwen2_5_vl" / variant; }
+
+inline const std::vector<std::string>& cases() {
+  static const std::vector<std::string> c = {"text_only", "one_image", "two_images", "video"};
+  return c;
+}
+
+struct Reference {
+  nlohmann::json meta;
+  io::SafetensorsFile arrays;
+  explicit Reference(const std::string& variant)
+      : meta(nlohmann::json::parse(std::ifstream(vl_dir(variant) / "reference.json"))),
+        arrays(io::SafetensorsFile::open(vl_dir(variant) / "reference.safetensors")) {}
+  Ids ints(const std::string& name) const {
+    const auto t = arrays.load<Host, std::int64_t>(name);
+    return {t.span().begin(), t.span().end()};
+  }
+  Tensor<Host, float> floats(const std::string& name) const { return arrays.load<Host, float>(name); }
+  bool has(const std::string& name) const { return arrays.find(name) != nullptr; }
+};
+
+// The reference names of a case's outputs (the video's original-rule run).
+inline std::string outputs_of(const std::string& c) { return c == "video" ? "video.v4" : c; }
+
+inline vl::Prompt prompt_of(const Reference& ref, const std::string& variant, const std::string& c) {
+  const auto& meta = ref.meta["cases"][c];
+  const auto cfg = vl::ImageProcessorConfig::load(vl_dir(variant) / "preprocessor_config.json");
+  const fs::path images = root() / "qwen2_5_vl" / "images";
+  vl::Prompt p;
+  p.ids = ref.ints(c + ".input_ids");
+  for (const auto& name : meta["images"]) {
+    p.images.push_back(vl::preprocess_image(vl::load_rgb_image(images / (name.get<std::string>() + ".png")), cfg));
+  }
+  if (!meta["video"].is_null()) {
+    std::vector<vl::RgbImage> frames;
+    const fs::path dir = images / meta["video"].get<std::string>();
+    for (int i = 0; fs::exists(dir / ("frame_" + std::to_string(i) + ".png")); ++i) {
+      frames.push_back(vl::load_rgb_image(dir / ("frame_" + std::to_string(i) + ".png")));
+    }
+    p.videos.push_back(vl::preprocess_video(frames, meta["fps"].get<double>(), cfg));
+  }
+  return p;
+}
+
+inline double max_abs(const Tensor<Host, float>& t) {
+  double m = 0.0;
+  for (float v : t.span()) m = std::max(m, static_cast<double>(std::abs(v)));
+  return m;
+}
+
+inline double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& e) {
+  EXPECT_EQ(a.shape(), e.shape());
+  double m = 0.0;
+  for (std::size_t i = 0; i < std::min(a.span().size(), e.span().size()); ++i) {
+    m = std::max(m, static_cast<double>(std::abs(a.span()[i] - e.span()[i])));
+  }
+  return m;
+}
+
+inline Tensor<Host, float> row(const Tensor<Host, float>& t, std::int64_t r) { return to<Host>(t.slice(0, r, r + 1)); }
+
+}  // namespace tessera::testing::placement_fixtures
