@@ -57,7 +57,9 @@
 //                  (o_proj) + [t > 1] SHe (all-reduce) + [e != 4] 4(P qd + 2P kd)
 //                  (float q, k, v in ops::attention); mlp = 3 S It e + SHe
 //                  + [t > 1] SHe
-//   head stage     2SHe + 8S*head_dim + SVe (logits) + [batch > 1] SVe
+//   head stage     3SHe (residual, its copy at the head, normed h)
+//                  + 8S*head_dim + 2SVe (logits, and their copy to the
+//                  model's device) + [batch > 1] SVe (per-sequence slices)
 //                  + W(S, H, V)
 //   embed stage    SHe (embeddings) + M H e (image features) + 64S (ids and
 //                  positions, host and device) + 32 S*head_dim (M-RoPE: three
@@ -366,8 +368,10 @@ inline u64 decoder_stage(const io::Qwen2Config& c, const Workload& w, u64 t, boo
 inline u64 head_stage(const io::Qwen2Config& c, const Workload& w) {
   const u64 H = static_cast<u64>(c.hidden_size), V = static_cast<u64>(c.vocab_size);
   const u64 hd = static_cast<u64>(c.head_dim());
+  // The logits are computed on the head stage and copied (to<>) to the
+  // model's device, which is a second buffer even when they are the same.
   const u64 logits = w.S * V * w.e;
-  return 2 * w.S * H * w.e + 8 * w.S * hd + logits * (w.batch > 1 ? 2 : 1) + widen(w, w.S, H, V);
+  return 3 * w.S * H * w.e + 8 * w.S * hd + logits * (w.batch > 1 ? 3 : 2) + widen(w, w.S, H, V);
 }
 
 inline u64 merged_tokens(const models::qwen2_5_vl::VisionConfig& v, u64 patches) {
