@@ -219,9 +219,13 @@ inline void add_common_flags(FlagParser& p, CommonOptions& o) {
 }
 
 // Ranges and combinations that do not depend on the checkpoint.
-inline void check_common_options(const CommonOptions& o) {
+// `prompt_required`: false for --plan-only, which loads nothing and runs nothing.
+inline void check_common_options(const CommonOptions& o, bool prompt_required = true) {
   if (o.model.empty()) throw UsageError("--model DIR is required");
-  if (o.prompt.has_value() == o.input_ids.has_value()) {
+  if (o.prompt.has_value() && o.input_ids.has_value()) {
+    throw UsageError("give exactly one of --prompt TEXT and --input-ids \"ID ID ...\"");
+  }
+  if (prompt_required && !o.prompt.has_value() && !o.input_ids.has_value()) {
     throw UsageError("give exactly one of --prompt TEXT and --input-ids \"ID ID ...\"");
   }
   if (o.raw && !o.prompt) throw UsageError("--raw applies to --prompt only");
@@ -481,8 +485,9 @@ int run_on_device(const std::string& device, Run&& run) {
 }
 
 // Runs body() and turns what it throws into a message on stderr and the
-// exit code: 2 for bad input (UsageError, and a checkpoint, config,
-// tokenizer or image file tessera cannot read or open), 1 otherwise.
+// exit code: 2 for bad input (UsageError, a placement that does not fit
+// or cannot work, and a checkpoint, config, tokenizer or image file
+// tessera cannot read or open), 1 otherwise.
 template <class Body>
 int main_guard(std::string_view program, Body&& body) {
   try {
@@ -491,6 +496,9 @@ int main_guard(std::string_view program, Body&& body) {
     std::cerr << program << ": error: " << e.what() << "\n(run " << program << " --help for the flags)\n";
     return 2;
   } catch (const FormatError& e) {
+    std::cerr << program << ": error: " << e.what() << "\n";
+    return 2;
+  } catch (const PlanError& e) {  // a placement that cannot work: nothing was loaded
     std::cerr << program << ": error: " << e.what() << "\n";
     return 2;
   } catch (const IoError& e) {

@@ -12,6 +12,7 @@
 // stderr. Exit codes: 0 success, 2 bad input (flags, numbers, paths, image
 // files, ids), 1 any other failure. Run with --help for the flags.
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "cli_common.hpp"
+#include "placement_cli.hpp"
 #include <tessera/io/checkpoint.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
 #include <tessera/models/qwen2_5_vl_processor.hpp>
@@ -60,6 +62,7 @@ images and videos (in the order their placeholders appear):
 
 struct Options {
   CommonOptions common;
+  PlacementOptions placement;
   std::vector<fs::path> images;
   std::vector<std::vector<fs::path>> videos;
   std::optional<double> fps;
@@ -70,6 +73,7 @@ Options parse_args(int argc, char** argv) {
   Options o;
   FlagParser parser;
   add_common_flags(parser, o.common);
+  add_placement_flags(parser, o.placement);
   parser.add_value("--image", [&o](const std::string& v) { o.images.emplace_back(v); });
   parser.add_list("--video-frames", [&o](std::vector<std::string> files) {
     if (files.empty()) {
@@ -86,7 +90,10 @@ Options parse_args(int argc, char** argv) {
   parser.add_value("--max-pixels", [&o](const std::string& v) { o.max_pixels = parse_positive("--max-pixels", v); });
   parser.parse(argc, argv);
   if (o.common.help) return o;
-  check_common_options(o.common);
+  check_common_options(o.common, !o.placement.plan_only);
+  if (o.placement.placement && o.common.device != "cpu") {
+    throw UsageError("give --placement or --device, not both (--device cuda is --placement cuda)");
+  }
   if (o.fps && o.videos.empty()) throw UsageError("--fps applies to --video-frames only");
   return o;
 }
@@ -249,54 +256,57 @@ Inputs prepare_inputs(const Options& o, const tokenizer::Tokenizer& tok, const v
 
 // ---- the placement ------------------------------------------------------------
 
-// The weights of each part as loaded on the device (element count x
-// sizeof(T)), from the checkpoint's headers.
-template <FloatType T>
-void print_placement(const io::Checkpoint& checkpoint, const vl::CheckpointLayout& layout,
-                     const std::string& device_label) {
-  struct Part {
-    const char* what;
-    std::string prefix;
-    std::int64_t tensors = 0;
-    std::uint64_t bytes = 0;
-  };
-  std::vector<Part> parts{
-      {"vision tower", layout.vision}, {"language model", layout.text}, {"lm_head", layout.lm_head}};
-  for (const std::string& name : checkpoint.names()) {
-    for (Part& part : parts) {
-      if (name.starts_with(part.prefix)) {
-        ++part.tensors;
-        part.bytes += static_cast<std::uint64_t>(checkpoint.info(name).numel()) * sizeof(T);
-        break;
-      }
-    }
+// What the planner is asked for: this policy's stages, the budgets, the
+// strategy and pins, and the sizes of this run (the prompt, its images and
+// the generation length; without a prompt, --max-context tokens of text and
+// one image of the processor's max_pixels).
+template <DevicePlacement P, FloatType T>
+placement::PlanRequest plan_request(const Options& o, const vl::Config& config, const Inputs* in,
+                                    std::int64_t context, const std::string& communicator) {
+  placement::PlanRequest r;
+  r.stages = plan_stages<P>();
+  r.element_size = sizeof(T);
+  r.max_context = context;
+  r.budgets = o.placement.max_memory;
+  r.strategy = placement::parse_strategy(o.placement.strategy);
+  r.pins.vision = o.placement.vision_stage;
+  r.pins.embed = o.placement.embed_stage;
+  r.pins.head = o.placement.head_stage;
+  r.communicator = communicator;
+  if (in != nullptr) {
+    r.max_prompt = static_cast<std::int64_t>(in->prompt.ids.size());
+    std::int64_t patches = 0;
+    for (const auto& i : in->prompt.images) patches = std::max(patches, i.pixel_values.dim(0));
+    std::int64_t video_patches = 0;
+    for (const auto& v : in->prompt.videos) video_patches = std::max(video_patches, v.pixel_values.dim(0));
+    r.max_image_patches = std::max(patches, video_patches);
+  } else {
+    r.max_prompt = context;
+    r.max_image_pixels = processor_config(o, config.vision).max_pixels;
   }
-  std::ostringstream os;
-  os << "placement Single: every weight, the KV cache and all activations on " << device_label << "\n";
-  for (const Part& part : parts) {
-    os << "  " << part.what << std::string(16 - std::string_view(part.what).size(), ' ');
-    if (part.tensors == 0) {
-      os << "tied: the language model's embed_tokens\n";
-    } else {
-      os << format_bytes(part.bytes) << " in " << part.tensors << (part.tensors == 1 ? " tensor" : " tensors")
-         << " (" << part.prefix << (part.prefix.ends_with(".") ? "*" : "") << ")\n";
-    }
-  }
-  std::cerr << os.str();
+  return r;
 }
 
 // ---- the run ------------------------------------------------------------------
 
-template <Device D, FloatType T>
-int run_on(const Options& o, const std::string& device_label) {
+template <DevicePlacement P, FloatType T>
+int run_placed(const Options& o, const std::string& label, const comm::MpiSession* mpi) {
   const CommonOptions& c = o.common;
   const vl::Config config = vl::Config::load(c.model);
+  if (o.placement.plan_only && !c.prompt && !c.input_ids) {
+    const std::int64_t context = c.max_context.value_or(4096);
+    const auto plan = placement::plan_qwen2_5_vl(c.model, plan_request<P, T>(o, config, nullptr, context, "in-process"));
+    std::cout << "placement " << label << "\n" << plan.table();
+    return 0;
+  }
   const auto tok = tokenizer::Tokenizer::from_file(c.model / "tokenizer.json");
   const Inputs in = prepare_inputs(o, tok, config);
   const vl::Prompt& prompt = in.prompt;
   const auto prompt_tokens = static_cast<std::int64_t>(prompt.ids.size());
+  const std::int64_t context_limit = c.max_context.value_or(config.text.max_position_embeddings);
   const auto options = sampling_options(c, io::GenerationConfig::load_or_default(c.model, config.text), prompt_tokens,
-                                        c.max_context.value_or(config.text.max_position_embeddings));
+                                        context_limit);
+  const std::int64_t context = std::min(context_limit, prompt_tokens + options.max_new_tokens);
   std::ostringstream os;
   os.setf(std::ios::fixed);
   os.precision(3);
@@ -306,25 +316,60 @@ int run_on(const Options& o, const std::string& device_label) {
   std::cerr << os.str();
   if (c.print_ids) print_ids("prompt ids", prompt.ids);
 
+  // The plan, from the headers, before anything is loaded: a placement that
+  // does not fit fails here with every device's need and budget.
+  placement::Comms<P> comms = make_comms<P>(mpi);
+  const std::string described = describe_comms<P>(comms);
+  const auto plan = placement::plan_qwen2_5_vl(
+      c.model, plan_request<P, T>(o, config, &in, context, described.empty() ? "in-process" : described));
+  (o.placement.plan_only ? std::cout : std::cerr) << "-- placement " << label << "\n" << plan.table();
+  if (o.placement.plan_only) return 0;
+  apply_budgets<P>(plan);
+
   const auto load_start = Clock::now();
   const io::Checkpoint checkpoint = io::Checkpoint::open(c.model);
-  const models::Qwen2_5_VL<Single<D>, T> model(config, checkpoint);
+  const models::Qwen2_5_VL<P, T> model(config, checkpoint, plan.layout, std::move(comms));
   RunStats stats;
   stats.prompt_tokens = prompt_tokens;
   stats.load_s = seconds(Clock::now() - load_start);
-  print_placement<T>(checkpoint, model.layout(), device_label);
   if (c.logits_out) write_prompt_logits(model, prompt, prompt_tokens, *c.logits_out);
   std::cerr << "-- answer (stdout)\n";
   generate_streamed(model, prompt, options, tok, c.print_ids, stats);
-  print_summary("qwen2_5_vl", stats, device_label);
+  print_summary("qwen2_5_vl", stats, label);
+  print_peaks_against_plan<P>(plan);
   return 0;
 }
 
 int run(const Options& o) {
   check_model_dir(o.common.model);
   if (o.common.logits_out) check_output_path(*o.common.logits_out);
-  return run_on_device(o.common.device,
-                       [&]<Device D, FloatType T>(const std::string& label) { return run_on<D, T>(o, label); });
+  const std::string spec = o.placement.placement.value_or(o.common.device);
+  // Under mpirun each process is one rank of a tensor-parallel group; rank 0
+  // speaks, the others compute silently (their errors still reach stderr:
+  // the guard gives std::cerr back while an exception unwinds).
+  std::unique_ptr<comm::MpiSession> mpi;
+  std::ostringstream silenced;
+  struct RestoreCerr {
+    std::streambuf* saved = nullptr;
+    ~RestoreCerr() {
+      if (saved != nullptr) std::cerr.rdbuf(saved);
+    }
+  } restore;
+  if (launched_by_mpirun()) {
+    if (spec.rfind("tp:", 0) != 0) {
+      throw UsageError(detail::concat("--placement ", spec, " under mpirun: only tensor-parallel placements "
+                                      "(tp:...) run one rank per process"));
+    }
+    mpi = std::make_unique<comm::MpiSession>();
+    if (mpi->rank() != 0) {
+      std::cout.flush();
+      if (std::freopen("/dev/null", "w", stdout) == nullptr) throw IoError("cannot silence stdout of mpi rank > 0");
+      restore.saved = std::cerr.rdbuf(silenced.rdbuf());
+    }
+  }
+  return run_with_placement(spec, [&]<DevicePlacement P, FloatType T>(const std::string& label) {
+    return run_placed<P, T>(o, label, mpi.get());
+  });
 }
 
 }  // namespace
@@ -333,7 +378,7 @@ int main(int argc, char** argv) {
   return main_guard("qwen2_5_vl", [&] {
     const Options options = parse_args(argc, argv);
     if (options.common.help) {
-      std::cout << kUsageInput << kDecodingHelp << "\n" << kRunningHelp;
+      std::cout << kUsageInput << kDecodingHelp << "\n" << kPlacementHelp << kRunningHelp;
       return 0;
     }
     return run(options);

@@ -1,6 +1,7 @@
 # Driver for one test of an example program (examples/CMakeLists.txt,
 # example_test), run by CTest as
 #   cmake -DEXE=<example> -DARGS=<a|b|c> [-DSEP=<separator>] -DEXPECT_RC=<n> [-DEXPECT_STDERR=<regex>]
+#         [-DEXPECT_STDOUT=<regex>] [-DLAUNCHER=<mpiexec|-n|2|...>]
 #         -DOUT=<prefix> [-DCHECK=<checker>|<arg>|<arg>...] -P run_example.cmake
 #
 # Runs EXE with ARGS (SEP, by default '|', separates them, since arguments
@@ -22,7 +23,12 @@ if(NOT DEFINED SEP OR "${SEP}" STREQUAL "")
   set(SEP "|")
 endif()
 string(REPLACE "${SEP}" ";" args "${ARGS}")
-execute_process(COMMAND "${EXE}" ${args}
+# LAUNCHER (e.g. mpiexec and its flags, '|'-separated) runs EXE under it.
+set(launcher "")
+if(DEFINED LAUNCHER AND NOT "${LAUNCHER}" STREQUAL "")
+  string(REPLACE "|" ";" launcher "${LAUNCHER}")
+endif()
+execute_process(COMMAND ${launcher} "${EXE}" ${args}
                 OUTPUT_FILE "${OUT}.stdout" ERROR_FILE "${OUT}.stderr"
                 RESULT_VARIABLE rc)
 file(READ "${OUT}.stdout" out)
@@ -38,6 +44,12 @@ endif()
 if(DEFINED EXPECT_STDERR AND NOT "${EXPECT_STDERR}" STREQUAL "")
   if(NOT err MATCHES "${EXPECT_STDERR}")
     fail("stderr does not match the regex '${EXPECT_STDERR}'")
+  endif()
+endif()
+
+if(DEFINED EXPECT_STDOUT AND NOT "${EXPECT_STDOUT}" STREQUAL "")
+  if(NOT out MATCHES "${EXPECT_STDOUT}")
+    fail("stdout does not match the regex '${EXPECT_STDOUT}'")
   endif()
 endif()
 

@@ -650,7 +650,9 @@ class SafetensorsFile {
     for (std::int64_t a = axis + 1; a < rank; ++a) inner *= dims[static_cast<std::size_t>(a)];
     const std::int64_t full = dims[static_cast<std::size_t>(axis)];
     dims[static_cast<std::size_t>(axis)] = end - begin;
-    Tensor<Host, T> host{Shape(std::span<const std::int64_t>(dims))};
+    // CPU slots are read straight into the shard; other devices stage it on the host.
+    using Stage = std::conditional_t<is_cpu_v<D>, D, Host>;
+    Tensor<Stage, T> host{Shape(std::span<const std::int64_t>(dims))};
     const std::uint64_t bits = dtype_bits(info.dtype);
     const auto src = bytes(info);
     const auto run = static_cast<std::size_t>((end - begin) * inner);
@@ -663,7 +665,7 @@ class SafetensorsFile {
                                         dtype_name(info.dtype), " and cannot be loaded as ", tessera::dtype_name<T>()));
       }
     }
-    if constexpr (std::is_same_v<D, Host>) {
+    if constexpr (is_cpu_v<D>) {
       return host;
     } else {
       return to<D>(host);

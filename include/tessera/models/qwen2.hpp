@@ -455,33 +455,19 @@ class Qwen2 {
   template <class Edit>
   std::vector<Tensor<device_type, T>> run(const Segments& seg, const Tensor<Host, std::int64_t>& positions,
                                           std::span<Cache* const> caches, Edit&& edit) const {
-    Value<0> hidden = with_stage_index<N>(layout_.embed_stage, [&]<std::size_t E>() {
+    Tensor<device_type, T> logits = with_stage_index<N>(layout_.embed_stage, [&]<std::size_t E>() {
       Value<E> embedded;
       placement::for_local_ranks<S<E>>(group<E>(), [&]<std::size_t R>() {
         Tensor<Dev<E, R>, T> x = ops::embedding(*parts<E, R>().embed_tokens, to<Dev<E, R>>(seg.ids));
         edit(x);
         embedded.template set<R>(std::move(x));
       });
-      return placement::move_to_stage<S<0>, S<E>, T>(embedded, group<E>(), group<0>());
+      return run_from<E, 0>(std::move(embedded), seg, positions, caches);
     });
-    Value<N - 1> last = run_stages<0>(std::move(hidden), seg, positions, caches);
     for (std::size_t s = 0; s < caches.size(); ++s) {
       caches[s]->for_each_kv([&](auto& kv) { kv.advance(seg.lengths[s]); });
       caches[s]->length_ += seg.lengths[s];
     }
-    Tensor<device_type, T> logits = with_stage_index<N>(layout_.head_stage, [&]<std::size_t H>() {
-      const Value<H> at_head = placement::move_to_stage<S<H>, S<N - 1>, T>(last, group<N - 1>(), group<H>());
-      std::optional<Tensor<device_type, T>> out;
-      // Every held rank computes the logits (each process of a multi-process
-      // group samples from its own copy); the first one is returned.
-      placement::for_local_ranks<S<H>>(group<H>(), [&]<std::size_t R>() {
-        const auto& mine = parts<H, R>();
-        const Tensor<Dev<H, R>, T> h = ops::rms_norm(at_head.template part<R>(), *mine.norm, config_.rms_norm_eps);
-        const Tensor<Dev<H, R>, T>& head = mine.lm_head ? *mine.lm_head : *mine.embed_tokens;
-        if (!out) out.emplace(to<device_type>(ops::linear(h, head)));
-      });
-      return std::move(*out);
-    });
     std::vector<Tensor<device_type, T>> out;
     if (caches.size() == 1) {  // one sequence: its logits are all of them
       out.push_back(std::move(logits));
@@ -493,18 +479,54 @@ class Qwen2 {
     return out;
   }
 
-  // Stage K's layers over the residual stream `residual`, then the stages
-  // after it; returns the residual stream after the last layer.
-  template <std::size_t K>
-  Value<N - 1> run_stages(Value<K> residual, const Segments& seg, const Tensor<Host, std::int64_t>& positions,
-                          std::span<Cache* const> caches) const {
-    if (layers_on(K) > 0) residual = run_stage<K>(std::move(residual), seg, positions, caches);
-    if constexpr (K + 1 == N) {
-      return residual;
+  // The residual stream, now on stage C, through the layers of stages K..N-1
+  // (a stage without layers is skipped: nothing crosses to it), then the
+  // head.
+  template <std::size_t C, std::size_t K>
+  Tensor<device_type, T> run_from(Value<C> residual, const Segments& seg, const Tensor<Host, std::int64_t>& positions,
+                                  std::span<Cache* const> caches) const {
+    if constexpr (K == N) {
+      return head_from<C>(residual);
     } else {
-      return run_stages<K + 1>(placement::move_to_stage<S<K + 1>, S<K>, T>(residual, group<K>(), group<K + 1>()), seg,
-                               positions, caches);
+      if (layers_on(K) == 0) return run_from<C, K + 1>(std::move(residual), seg, positions, caches);
+      Value<K> here = [&] {
+        if constexpr (C == K) {
+          return std::move(residual);
+        } else {
+          return placement::move_to_stage<S<K>, S<C>, T>(residual, group<C>(), group<K>());
+        }
+      }();
+      return run_from<K, K + 1>(run_stage<K>(std::move(here), seg, positions, caches), seg, positions, caches);
     }
+  }
+
+  // The final norm and lm_head on the head's stage, from the residual
+  // stream on stage C.
+  template <std::size_t C>
+  Tensor<device_type, T> head_from(const Value<C>& residual) const {
+    return with_stage_index<N>(layout_.head_stage, [&]<std::size_t H>() {
+      std::optional<Value<H>> moved;
+      if constexpr (C != H) moved.emplace(placement::move_to_stage<S<H>, S<C>, T>(residual, group<C>(), group<H>()));
+      const Value<H>& at_head = [&]() -> const Value<H>& {
+        if constexpr (C == H) {
+          return residual;
+        } else {
+          return *moved;
+        }
+      }();
+      std::optional<Tensor<device_type, T>> out;
+      // The first held rank computes the logits: in one process that is the
+      // group's first device; under MPI every process has its own.
+      const std::size_t first = placement::first_local_rank<S<H>>(group<H>());
+      placement::for_local_ranks<S<H>>(group<H>(), [&]<std::size_t R>() {
+        if (R != first) return;
+        const auto& mine = parts<H, R>();
+        const Tensor<Dev<H, R>, T> h = ops::rms_norm(at_head.template part<R>(), *mine.norm, config_.rms_norm_eps);
+        const Tensor<Dev<H, R>, T>& head = mine.lm_head ? *mine.lm_head : *mine.embed_tokens;
+        out.emplace(to<device_type>(ops::linear(h, head)));
+      });
+      return std::move(*out);
+    });
   }
 
   // The decoder layers of stage K. Within the stage each residual add is

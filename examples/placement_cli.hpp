@@ -1,0 +1,232 @@
+// examples/placement_cli.hpp — the placement flags of the model examples:
+// which policy (a closed set of instantiated ones), the per-device budgets,
+// the planner's strategy and --plan-only; the communicators each stage gets
+// (in-process, NCCL, or MPI when the program runs under mpirun).
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "cli_common.hpp"
+#include <tessera/comm/mpi.hpp>
+#include <tessera/placement/memory_size.hpp>
+#include <tessera/placement/planner.hpp>
+#include <tessera/placement/stage.hpp>
+#if defined(TESSERA_WITH_CUDA) && defined(TESSERA_HAS_NCCL)
+#include <tessera/comm/nccl.hpp>
+#endif
+
+namespace tessera::cli {
+
+struct PlacementOptions {
+  std::optional<std::string> placement;                  // --placement SPEC
+  std::map<std::string, std::uint64_t> max_memory;       // --max-memory DEVICE=SIZE
+  std::string strategy = "balanced";                     // --strategy NAME
+  std::optional<std::size_t> vision_stage, embed_stage, head_stage;  // --pin PART=STAGE
+  bool plan_only = false;                                // --plan-only
+};
+
+inline constexpr const char* kPlacementHelp = R"(placement:
+  --placement SPEC          where the model runs (overrides --device):
+                              cpu | cuda                    one device (Cpu<0> float32, Cuda<0> bf16)
+                              pipeline:cpu0,cpu1            layers split over two CPU slots
+                              pipeline:cuda0,cuda1          layers split over two GPUs
+                              tp:cpu0,cpu1                  tensor parallel over two CPU slots
+                                                            (under mpirun -np 2: one slot per process)
+                              tp:cuda0,cuda1                tensor parallel over two GPUs (NCCL)
+                              pipeline:tp(cuda0,cuda1),tp(cuda2,cuda3)
+  --max-memory DEVICE=SIZE  budget of one device (cpu0, cuda1, ...), e.g. cuda0=20GiB or
+                            cpu1=1.5GB (accelerate's units: GiB = 2^30, GB = 10^9);
+                            repeat per device; the plan must fit before anything loads
+  --strategy NAME           how layers are spread over stages: balanced (default; also
+                            auto), balanced_low_0, sequential, internvl_split
+  --pin PART=STAGE          put vision, embed or head (final norm + lm_head) on pipeline
+                            stage STAGE (default 0 for all three)
+  --plan-only               print the plan (from config.json and the safetensors headers,
+                            nothing loaded) and exit; --prompt/--input-ids optional
+
+)";
+
+inline void add_placement_flags(FlagParser& p, PlacementOptions& o) {
+  p.add_value("--placement", [&o](const std::string& v) { o.placement = v; });
+  p.add_value("--max-memory", [&o](const std::string& v) {
+    const auto eq = v.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == v.size()) {
+      throw UsageError(detail::concat("--max-memory '", v, "': expected DEVICE=SIZE, e.g. cuda0=20GiB"));
+    }
+    try {
+      o.max_memory[v.substr(0, eq)] = placement::parse_memory_size(v.substr(eq + 1));
+    } catch (const ValueError& e) {
+      throw UsageError(detail::concat("--max-memory '", v, "': ", e.what()));
+    }
+  });
+  p.add_value("--strategy", [&o](const std::string& v) {
+    try {
+      (void)placement::parse_strategy(v);
+    } catch (const ValueError& e) {
+      throw UsageError(detail::concat("--strategy: ", e.what()));
+    }
+    o.strategy = v;
+  });
+  p.add_value("--pin", [&o](const std::string& v) {
+    const auto eq = v.find('=');
+    const std::string part = v.substr(0, eq);
+    if (eq == std::string::npos || (part != "vision" && part != "embed" && part != "head")) {
+      throw UsageError(detail::concat("--pin '", v, "': expected vision=STAGE, embed=STAGE or head=STAGE"));
+    }
+    const auto stage = static_cast<std::size_t>(parse_integer<std::uint64_t>("--pin", v.substr(eq + 1)));
+    (part == "vision" ? o.vision_stage : part == "embed" ? o.embed_stage : o.head_stage) = stage;
+  });
+  p.add_switch("--plan-only", [&o] { o.plan_only = true; });
+}
+
+// The planner's name of a device type: Cpu<1> -> "cpu1".
+template <Device D>
+std::string device_key() {
+  return detail::concat(is_cpu_v<D> ? "cpu" : "cuda", D::index);
+}
+
+// The planner's names of a stage's devices: {"cuda0", "cuda1"}.
+template <class... Ds>
+std::vector<std::string> stage_keys(std::tuple<Ds...>*) {
+  return {device_key<Ds>()...};
+}
+
+// The planner's stages for policy P: {{"cpu0"}, {"cuda0", "cuda1"}, ...}.
+template <class... Ss>
+std::vector<std::vector<std::string>> stage_key_list(std::tuple<Ss...>*) {
+  return {stage_keys(static_cast<devices_of_stage<Ss>*>(nullptr))...};
+}
+template <DevicePlacement P>
+std::vector<std::vector<std::string>> plan_stages() {
+  return stage_key_list(static_cast<stages_of<P>*>(nullptr));
+}
+
+// MPI, when this process was started by mpirun with more than one rank.
+inline bool launched_by_mpirun() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (const char* v = std::getenv(var); v != nullptr && std::string(v) != "1" && std::string(var) != "PMIX_RANK") {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The communicator of each stage of P: in-process for CPU groups (MPI
+// when `mpi` is given), NCCL or the same-GPU fallback for CUDA groups.
+template <DevicePlacement P>
+placement::Comms<P> make_comms(const comm::MpiSession* mpi) {
+  return [&]<std::size_t... K>(std::index_sequence<K...>) {
+    return placement::Comms<P>{[&]<std::size_t Kx>() {
+      using S = stage_at<P, Kx>;
+      return [&]<class... Ds>(std::tuple<Ds...>*) -> comm::Group<Ds...> {
+        if constexpr (sizeof...(Ds) == 1) {
+          return {};
+        } else if (mpi != nullptr) {
+          return comm::mpi_group<Ds...>(*mpi);
+        } else if constexpr ((is_cuda_v<Ds> && ...)) {
+#if defined(TESSERA_WITH_CUDA) && defined(TESSERA_HAS_NCCL)
+          return comm::cuda_group<Ds...>();
+#else
+          return comm::Group<Ds...>(std::string(
+              "in-process: peer copies and ops::add (this build has no NCCL)"));
+#endif
+        } else {
+          return {};
+        }
+      }(static_cast<devices_of_stage<S>*>(nullptr));
+    }.template operator()<K>()...};
+  }(std::make_index_sequence<stage_count<P>>{});
+}
+
+// Communicator descriptions for the plan table, one per tensor-parallel stage.
+template <DevicePlacement P>
+std::string describe_comms(const placement::Comms<P>& comms) {
+  std::string out;
+  [&]<std::size_t... K>(std::index_sequence<K...>) {
+    ((placement::stage_size<stage_at<P, K>> > 1
+          ? (out += (out.empty() ? "" : "; ") + stage_name<stage_at<P, K>>() + ": " + std::get<K>(comms).describe(), 0)
+          : 0),
+     ...);
+  }(std::make_index_sequence<stage_count<P>>{});
+  return out;
+}
+
+// Sets every device's ledger budget from the plan, so an allocation past it
+// at run time is an OutOfMemory naming the device, not a crash.
+template <DevicePlacement P>
+void apply_budgets(const placement::Plan& plan) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    ((void)[&]<class D>(D*) {
+      for (const auto& d : plan.devices) {
+        if (d.device == device_key<D>() && d.budget) ledger<D>().set_budget(*d.budget);
+      }
+    }(static_cast<std::tuple_element_t<I, placement::policy_devices<P>>*>(nullptr)), ...);
+  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
+}
+
+// Each device's measured peak next to the plan's prediction, on stderr.
+template <DevicePlacement P>
+void print_peaks_against_plan(const placement::Plan& plan) {
+  std::ostringstream os;
+  os << "-- measured peak vs plan\n";
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    ((void)[&]<class D>(D*) {
+      for (const auto& d : plan.devices) {
+        if (d.device != device_key<D>()) continue;
+        const std::uint64_t peak = ledger<D>().peak();
+        os << "  " << d.device << ": measured " << format_bytes(peak) << ", predicted " << format_bytes(d.peak())
+           << (peak <= d.peak() ? " (within the plan)\n" : " (OVER the plan)\n");
+      }
+    }(static_cast<std::tuple_element_t<I, placement::policy_devices<P>>*>(nullptr)), ...);
+  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
+  std::cerr << os.str();
+}
+
+// The closed set of policies the examples are built with: each spec is one
+// instantiation, run.template operator()<Policy, T>(label).
+template <class Run>
+int run_with_placement(const std::string& spec, Run&& run) {
+  if (spec == "cpu") return run.template operator()<Single<Cpu<0>>, float>("Single<Cpu<0>>, float32");
+  if (spec == "pipeline:cpu0,cpu1") {
+    return run.template operator()<Pipeline<Cpu<0>, Cpu<1>>, float>("Pipeline<Cpu<0>, Cpu<1>>, float32");
+  }
+  if (spec == "tp:cpu0,cpu1") {
+    return run.template operator()<TensorParallel<Cpu<0>, Cpu<1>>, float>("TensorParallel<Cpu<0>, Cpu<1>>, float32");
+  }
+#if defined(TESSERA_WITH_CUDA)
+  if (spec == "cuda") return run.template operator()<Single<Cuda<0>>, bf16>("Single<Cuda<0>>, bf16");
+  if (spec == "pipeline:cuda0,cuda1") {
+    return run.template operator()<Pipeline<Cuda<0>, Cuda<1>>, bf16>("Pipeline<Cuda<0>, Cuda<1>>, bf16");
+  }
+  if (spec == "tp:cuda0,cuda1") {
+    return run.template operator()<TensorParallel<Cuda<0>, Cuda<1>>, bf16>("TensorParallel<Cuda<0>, Cuda<1>>, bf16");
+  }
+  if (spec == "pipeline:tp(cuda0,cuda1),tp(cuda2,cuda3)") {
+    using P = Pipeline<TensorParallel<Cuda<0>, Cuda<1>>, TensorParallel<Cuda<2>, Cuda<3>>>;
+    return run.template operator()<P, bf16>(
+        "Pipeline<TensorParallel<Cuda<0>, Cuda<1>>, TensorParallel<Cuda<2>, Cuda<3>>>, bf16");
+  }
+  constexpr const char* cuda_specs = ", cuda, pipeline:cuda0,cuda1, tp:cuda0,cuda1, pipeline:tp(cuda0,cuda1),tp(cuda2,cuda3)";
+#else
+  if (spec == "cuda" || spec.find("cuda") != std::string::npos) {
+    throw UsageError(detail::concat("--placement ", spec, ": this build has no CUDA backend (configure with "
+                                    "-DTESSERA_CUDA=ON on a machine with nvcc); use cpu, pipeline:cpu0,cpu1 or "
+                                    "tp:cpu0,cpu1"));
+  }
+  constexpr const char* cuda_specs = "";
+#endif
+  throw UsageError(detail::concat("--placement '", spec, "' is not one of the placements this program is built "
+                                  "with: cpu, pipeline:cpu0,cpu1, tp:cpu0,cpu1", cuda_specs));
+}
+
+}  // namespace tessera::cli
