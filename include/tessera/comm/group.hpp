@@ -32,6 +32,11 @@
 
 namespace tessera::comm {
 
+namespace detail {
+template <class>
+inline constexpr bool always_false = false;
+}  // namespace detail
+
 // The element types a backend reduces.
 enum class ElementType { f32, bf16, f16 };
 
@@ -91,6 +96,16 @@ class Group {
       ((is_local<I>() ? out.template set<I>(to<device_at<I>>(value)) : void()), ...);
     }(std::make_index_sequence<size>{});
     return out;
+  }
+
+  // Anything else: summands of another group's devices (the wrong
+  // communicator), a value that is not Partial, or a Partial passed as an
+  // lvalue. One sentence instead of an overload list.
+  template <class X>
+  void all_reduce(X&&) const {
+    static_assert(detail::always_false<X>,
+                  "tessera: comm::Group::all_reduce takes a Distributed<Partial<...>> over this group's own devices, "
+                  "passed with std::move; use the communicator of the group that produced the summands");
   }
 
   template <FloatType T>

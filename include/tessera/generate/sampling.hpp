@@ -10,10 +10,14 @@
 //                     TopPLogitsWarper
 //   Sampler           argmax when greedy, otherwise a seeded draw from the
 //                     softmax of the processed logits
+//   mask_finished     transformers' `next_tokens * unfinished_sequences +
+//                     pad_token_id * (1 - unfinished_sequences)` on typed
+//                     tensors of one device
 //
-// Everything here runs on the host in float32: the model copies one row of
-// logits per step to the host, and the processors reproduce transformers'
-// float32 arithmetic element for element (see process_logits).
+// The processors and the sampler run on the host in float32: the model
+// copies one row of logits per step to the host, and the processors
+// reproduce transformers' float32 arithmetic element for element (see
+// process_logits). mask_finished runs where its tensors are.
 //
 // Seeded sampling is reproducible within tessera (same seed, same model,
 // same prompt: same tokens) but does not reproduce torch's RNG, so sampled
@@ -35,7 +39,10 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/tensor.hpp"
+#include "../core/transfer.hpp"
 #include "../io/config.hpp"
+#include "../ops/elementwise.hpp"
 
 namespace tessera::generate {
 
@@ -82,6 +89,26 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<float> scratch_;  // the processed row, reused between steps
 };
+
+// transformers' batched-generation step
+//   next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
+// over next_tokens and unfinished (1: still generating, 0: finished), both
+// [batch] int64 on one device: a finished sequence gets pad_id, the others
+// keep their token. Both tensors must live on the same device: the sampled
+// tokens come from the logits (lm_head's device) and the mask from the
+// inputs, and InternVL's `next_tokens * unfinished_sequences` on cuda:4 and
+// cuda:0 (placement-semantics §2.6 #6, #7) is this call with the devices
+// mixed, a compile error here. Keep both on the model's output device,
+// where the logits land (output_device<P>), or move one with to<>.
+//
+// On a CPU slot the formula is evaluated exactly in int64 (wrapping, so no
+// input is undefined behaviour). On CUDA it is ops::mul / ops::sub /
+// ops::add, which compute integers through float: exact for token ids and
+// pad_id below 2^24 = 16,777,216 (every supported vocabulary is far
+// smaller); a pad_id outside that is refused.
+template <Device D, Device D2>
+Tensor<D, std::int64_t> mask_finished(const Tensor<D, std::int64_t>& next_tokens,
+                                      const Tensor<D2, std::int64_t>& unfinished, std::int64_t pad_id);
 
 // ---- implementation ------------------------------------------------------------
 
@@ -281,6 +308,46 @@ inline std::int64_t Sampler::next(std::span<const float> logits, std::span<const
   scratch_.assign(logits.begin(), logits.end());
   process_logits(scratch_, context, options_);
   return options_.do_sample ? detail::draw(scratch_, rng_) : detail::argmax(scratch_);
+}
+
+template <Device D, Device D2>
+Tensor<D, std::int64_t> mask_finished(const Tensor<D, std::int64_t>& next_tokens,
+                                      const Tensor<D2, std::int64_t>& unfinished, std::int64_t pad_id) {
+  static_assert(same_device<D, D2>,
+                "tessera: generate::mask_finished: the sampled next tokens and the unfinished-sequences mask live "
+                "on different devices; keep both on the model's output device or move one with "
+                "tessera::to<Device>(t)");
+  if constexpr (!same_device<D, D2>) {
+    return {};  // the gate above has failed
+  } else {
+    if (!(next_tokens.shape() == unfinished.shape()) || next_tokens.rank() != 1) {
+      throw ShapeError(detail::concat("generate::mask_finished: next_tokens ", next_tokens.shape().to_string(),
+                                      " and unfinished ", unfinished.shape().to_string(),
+                                      " must both be [batch]"));
+    }
+    const auto vn = next_tokens.view();  // throws on an empty (moved-from) tensor
+    const auto vu = unfinished.view();
+    if constexpr (is_cpu_v<D>) {
+      Tensor<D, std::int64_t> out(next_tokens.shape());
+      const auto pad = static_cast<std::uint64_t>(pad_id);
+      for (std::int64_t i = 0; i < out.numel(); ++i) {
+        const auto n = static_cast<std::uint64_t>(vn.raw()[i]);
+        const auto u = static_cast<std::uint64_t>(vu.raw()[i]);
+        out.raw()[i] = static_cast<std::int64_t>(n * u + pad * (1u - u));
+      }
+      return out;
+    } else {
+      constexpr std::int64_t exact = std::int64_t{1} << 24;
+      if (pad_id <= -exact || pad_id >= exact) {
+        throw ValueError(detail::concat("generate::mask_finished: pad_id ", pad_id, " on ", device_name<D>(),
+                                        " is outside (-2^24, 2^24), where the float arithmetic of ops::mul/add "
+                                        "is exact"));
+      }
+      const Tensor<D, std::int64_t> one = to<D>(Tensor<Host, std::int64_t>::full(Shape{1}, 1));
+      const Tensor<D, std::int64_t> pad = to<D>(Tensor<Host, std::int64_t>::full(Shape{1}, pad_id));
+      return ops::add(ops::mul(vn, vu), ops::mul(pad, ops::sub(one, vu)));
+    }
+  }
 }
 
 }  // namespace tessera::generate

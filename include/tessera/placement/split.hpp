@@ -5,10 +5,10 @@
 //   Sharded<Axis, Ds...>     device r holds slice r along Axis
 //   Partial<Ds...>           device r holds a summand; the value is their sum
 //
-// A Distributed<Partial<...>> has no way out but comm::all_reduce (no part
-// accessor a layer could read by mistake is public on it, and no layer
-// takes one), so a forgotten reduction does not compile; a layer that needs
-// Replicated input does not accept Sharded.
+// A Distributed<Partial<...>> has no way out but comm::all_reduce (reading a
+// part of it, or visiting its parts, is a static_assert saying so, and no
+// layer takes one), so a forgotten reduction does not compile; a layer that
+// needs Replicated input does not accept Sharded (nn/parallel_linear.hpp).
 //
 // Under MPI a process holds only its own rank's part: parts of other ranks
 // are empty, `is_local<I>()` says which, and for_each_local visits the held
@@ -93,14 +93,16 @@ class Distributed {
 
   // Part I, on device_at<I>. Not available on Partial values: their parts
   // are summands, and the only thing to do with them is comm::all_reduce.
+  // (A static_assert rather than a constraint, so the misuse is one sentence
+  // instead of a list of rejected overloads.)
   template <std::size_t I>
-    requires(!detail::is_partial<Split>::value)
   const Tensor<device_at<I>, T>& part() const {
+    require_readable();
     return checked<I>();
   }
   template <std::size_t I>
-    requires(!detail::is_partial<Split>::value)
   Tensor<device_at<I>, T>& part() {
+    require_readable();
     return const_cast<Tensor<device_at<I>, T>&>(std::as_const(*this).template checked<I>());
   }
 
@@ -110,19 +112,26 @@ class Distributed {
     std::get<I>(parts_).emplace(std::move(t));
   }
 
-  // f(std::integral_constant<size_t, I>, part) for every local part, in rank order.
+  // f(std::integral_constant<size_t, I>, part) for every local part, in rank
+  // order. Not available on Partial values, like part().
   template <class F>
-    requires(!detail::is_partial<Split>::value)
   void for_each_local(F&& f) const {
-    visit(*this, f);
+    require_readable();
+    if constexpr (!detail::is_partial<Split>::value) visit(*this, f);
   }
   template <class F>
-    requires(!detail::is_partial<Split>::value)
   void for_each_local(F&& f) {
-    visit(*this, f);
+    require_readable();
+    if constexpr (!detail::is_partial<Split>::value) visit(*this, f);
   }
 
  private:
+  static constexpr void require_readable() {
+    static_assert(!detail::is_partial<Split>::value,
+                  "tessera: a Partial<...> value holds per-device summands and cannot be read; reduce it with "
+                  "group.all_reduce(std::move(value)) first");
+  }
+
   template <Device... Gs>
   friend class comm::Group;
 
@@ -136,21 +145,24 @@ class Distributed {
     return *p;
   }
 
+  // (One part per call, not a `(void)(cond ? (f(...), 0) : 0, ...)` fold,
+  // which clang 14 does not parse.)
   template <class Self, class F>
   static void visit(Self& self, F& f) {
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (void)((std::get<I>(self.parts_) ? (f(std::integral_constant<std::size_t, I>{}, *std::get<I>(self.parts_)), 0) : 0),
-             ...);
-    }(std::make_index_sequence<size>{});
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_one<I>(self, f), ...); }(std::make_index_sequence<size>{});
+  }
+  template <std::size_t I, class Self, class F>
+  static void visit_one(Self& self, F& f) {
+    if (auto& p = std::get<I>(self.parts_)) f(std::integral_constant<std::size_t, I>{}, *p);
   }
 
   typename detail::parts_of<Split, T, devices>::type parts_;
 };
 
 // Element-wise maps that keep the split state: f(part) -> new part, for
-// every local part. For use by layers on Replicated and Sharded values.
+// every local part. For use by layers on Replicated and Sharded values; on a
+// Partial value it is the static_assert of Distributed::for_each_local.
 template <SplitState Split, DType T, class F>
-  requires(!detail::is_partial<Split>::value)
 auto map_parts(const Distributed<Split, T>& x, F&& f) {
   using Out = typename std::invoke_result_t<F&, const Tensor<typename Distributed<Split, T>::template device_at<0>, T>&>;
   using U = element_of<Out>;
