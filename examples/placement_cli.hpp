@@ -148,13 +148,14 @@ placement::Comms<P> make_comms(const comm::MpiSession* mpi) {
   }(std::make_index_sequence<stage_count<P>>{});
 }
 
-// Communicator descriptions for the plan table, one per tensor-parallel stage.
+// Communicator descriptions for the plan table, one per tensor-parallel
+// stage (the planner reads an "mpi"/"nccl" prefix as an in-place reduction).
 template <DevicePlacement P>
 std::string describe_comms(const placement::Comms<P>& comms) {
   std::string out;
   [&]<std::size_t... K>(std::index_sequence<K...>) {
     ((placement::stage_size<stage_at<P, K>> > 1
-          ? (out += (out.empty() ? "" : "; ") + stage_name<stage_at<P, K>>() + ": " + std::get<K>(comms).describe(), 0)
+          ? (out += (out.empty() ? "" : "; ") + std::get<K>(comms).describe(), 0)
           : 0),
      ...);
   }(std::make_index_sequence<stage_count<P>>{});

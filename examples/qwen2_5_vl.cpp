@@ -262,9 +262,10 @@ Inputs prepare_inputs(const Options& o, const tokenizer::Tokenizer& tok, const v
 // one image of the processor's max_pixels).
 template <DevicePlacement P, FloatType T>
 placement::PlanRequest plan_request(const Options& o, const vl::Config& config, const Inputs* in,
-                                    std::int64_t context, const std::string& communicator) {
+                                    std::int64_t context, const std::string& communicator, bool one_process) {
   placement::PlanRequest r;
   r.stages = plan_stages<P>();
+  r.one_process = one_process;
   r.element_size = sizeof(T);
   r.max_context = context;
   r.budgets = o.placement.max_memory;
@@ -275,11 +276,12 @@ placement::PlanRequest plan_request(const Options& o, const vl::Config& config, 
   r.communicator = communicator;
   if (in != nullptr) {
     r.max_prompt = static_cast<std::int64_t>(in->prompt.ids.size());
+    // The tower runs over all images at once, then all videos, with the
+    // image features still alive: the plan takes the total.
     std::int64_t patches = 0;
-    for (const auto& i : in->prompt.images) patches = std::max(patches, i.pixel_values.dim(0));
-    std::int64_t video_patches = 0;
-    for (const auto& v : in->prompt.videos) video_patches = std::max(video_patches, v.pixel_values.dim(0));
-    r.max_image_patches = std::max(patches, video_patches);
+    for (const auto& i : in->prompt.images) patches += i.pixel_values.dim(0);
+    for (const auto& v : in->prompt.videos) patches += v.pixel_values.dim(0);
+    r.max_image_patches = patches;
   } else {
     r.max_prompt = context;
     r.max_image_pixels = processor_config(o, config.vision).max_pixels;
@@ -295,7 +297,7 @@ int run_placed(const Options& o, const std::string& label, const comm::MpiSessio
   const vl::Config config = vl::Config::load(c.model);
   if (o.placement.plan_only && !c.prompt && !c.input_ids) {
     const std::int64_t context = c.max_context.value_or(4096);
-    const auto plan = placement::plan_qwen2_5_vl(c.model, plan_request<P, T>(o, config, nullptr, context, "in-process"));
+    const auto plan = placement::plan_qwen2_5_vl(c.model, plan_request<P, T>(o, config, nullptr, context, "in-process", mpi == nullptr));
     std::cout << "placement " << label << "\n" << plan.table();
     return 0;
   }
@@ -321,7 +323,7 @@ int run_placed(const Options& o, const std::string& label, const comm::MpiSessio
   placement::Comms<P> comms = make_comms<P>(mpi);
   const std::string described = describe_comms<P>(comms);
   const auto plan = placement::plan_qwen2_5_vl(
-      c.model, plan_request<P, T>(o, config, &in, context, described.empty() ? "in-process" : described));
+      c.model, plan_request<P, T>(o, config, &in, context, described.empty() ? "in-process" : described, mpi == nullptr));
   (o.placement.plan_only ? std::cout : std::cerr) << "-- placement " << label << "\n" << plan.table();
   if (o.placement.plan_only) return 0;
   apply_budgets<P>(plan);

@@ -4,6 +4,7 @@
 // 1.15 itself (tests/fixtures/planner, written by
 // tools/fixtures/make_planner_fixtures.py), from the checkpoint headers
 // (recomputed here from io::Checkpoint), or from the memory ledger.
+#include <tessera/generate/generate.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
 #include <tessera/placement/planner.hpp>
 
@@ -16,6 +17,8 @@
 #include <map>
 #include <string>
 #include <vector>
+
+#include "placement_fixtures.hpp"
 
 namespace tessera::testing {
 namespace {
@@ -261,8 +264,13 @@ TEST(Planner, TensorParallelGroupsSplitRowsAndColumns) {
     return std::find(split.begin(), split.end(), n) == split.end();
   });
   const std::uint64_t expected = header_bytes(ckpt, split, 2) / 2 + header_bytes(ckpt, replicated, 2);
+  // In one process the vision tower is held once, by the group's first device.
+  const auto tower = names_where(ckpt, [](const std::string& n) { return n.starts_with("visual."); });
   EXPECT_EQ(plan.device("cpu0").weights, expected);
-  EXPECT_EQ(plan.device("cpu1").weights, expected);
+  EXPECT_EQ(plan.device("cpu1").weights, expected - header_bytes(ckpt, tower, 2));
+  req.one_process = false;  // under MPI every rank's process holds one
+  const auto mpi = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  EXPECT_EQ(mpi.device("cpu1").weights, expected);
   EXPECT_NE(plan.table().find("tensor-parallel group, stage 0 (cpu0, cpu1): communicator in-process"),
             std::string::npos);
 }
@@ -412,6 +420,184 @@ TEST(Planner, PredictedPeakBoundsTheLedgerForAPrefill) {
     check_prediction<float>(c);
     check_prediction<bf16>(c);
   }
+}
+
+
+// ---- placed runs against the ledgers ---------------------------------------------
+
+template <class D>
+std::string device_key() {
+  return (is_cpu_v<D> ? "cpu" : "cuda") + std::to_string(D::index);
+}
+
+template <class... Ds>
+std::vector<std::string> stage_keys(std::tuple<Ds...>*) {
+  return {device_key<Ds>()...};
+}
+
+template <DevicePlacement P>
+std::vector<std::vector<std::string>> stages_of_policy() {
+  return [&]<std::size_t... K>(std::index_sequence<K...>) {
+    return std::vector<std::vector<std::string>>{
+        stage_keys(static_cast<devices_of_stage<stage_at<P, K>>*>(nullptr))...};
+  }(std::make_index_sequence<stage_count<P>>{});
+}
+
+// f.template operator()<D>() for every device of P, in stage order.
+template <DevicePlacement P, class F>
+void for_each_device(F&& f) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (f.template operator()<std::tuple_element_t<I, placement::policy_devices<P>>>(), ...);
+  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
+}
+
+struct Measured {
+  std::uint64_t peak = 0, weights = 0, kv = 0;
+};
+
+// What the example does, measured: the prompt processed (its pixels stay on
+// the host), the model loaded with the plan's layout, a cache of the plan's
+// capacity, generate() with a few new tokens. Every device's peak is taken
+// above what was live before (the ledgers are process-wide: other tests may
+// leave tensors alive), and compared with the plan: peak <= predicted on
+// every device, weights and KV exact, and the busiest device within 25%.
+template <DevicePlacement P, FloatType T>
+void check_placed_run(const std::string& variant, const std::string& c, placement::Pins pins) {
+  SCOPED_TRACE(variant + " " + c + " " + policy_name<P>() + (std::is_same_v<T, float> ? " float" : " bf16") +
+               " pins " + std::to_string(pins.vision.value_or(0)) + std::to_string(pins.embed.value_or(0)) +
+               std::to_string(pins.head.value_or(0)));
+  namespace pf = placement_fixtures;
+  constexpr std::int64_t new_tokens = 3;
+  const pf::Reference ref(variant);
+
+  std::map<std::string, std::uint64_t> before, after_prompt, after_load, after_cache;
+  for_each_device<P>([&]<class D>() {
+    before[device_key<D>()] = ledger<D>().live();
+    ledger<D>().reset_peak();
+  });
+  const auto snapshot = [&](std::map<std::string, std::uint64_t>& into) {
+    for_each_device<P>([&]<class D>() { into[device_key<D>()] = ledger<D>().live(); });
+  };
+  std::map<std::string, Measured> measured;
+  std::optional<placement::Plan> plan;
+  {
+    const vl::Prompt prompt = pf::prompt_of(ref, variant, c);
+    snapshot(after_prompt);
+    std::int64_t patches = 0;
+    for (const auto& image : prompt.images) patches += image.pixel_values.dim(0);
+    for (const auto& video : prompt.videos) patches += video.pixel_values.dim(0);
+    const auto tokens = static_cast<std::int64_t>(prompt.ids.size());
+
+    PlanRequest req;
+    req.stages = stages_of_policy<P>();
+    req.element_size = sizeof(T);
+    req.max_context = tokens + new_tokens;
+    req.max_prompt = tokens;
+    req.max_image_patches = patches;  // every image and video together
+    req.pins = pins;
+    plan = placement::plan_qwen2_5_vl(pf::vl_dir(variant), req);
+
+    using Model = models::Qwen2_5_VL<P, T>;
+    const Model model = Model::load(pf::vl_dir(variant), plan->layout);
+    snapshot(after_load);
+    {
+      const auto cache = model.new_cache(req.max_context);
+      snapshot(after_cache);
+    }
+    generate::SamplingOptions options;
+    options.max_new_tokens = new_tokens;
+    options.do_sample = false;
+    options.repetition_penalty = 1.0;
+    options.eos_token_ids.clear();
+    const auto generated = generate::generate(model, prompt, options, nullptr);
+    ASSERT_EQ(static_cast<std::int64_t>(generated.size()), new_tokens);
+  }
+  for_each_device<P>([&]<class D>() {
+    const std::string key = device_key<D>();
+    Measured& m = measured[key];
+    m.peak = ledger<D>().peak() - before[key];
+    m.weights = after_load[key] - after_prompt[key];
+    m.kv = after_cache[key] - after_load[key];
+  });
+
+  std::string busiest;
+  for (const auto& d : plan->devices) {
+    const Measured& m = measured.at(d.device);
+    SCOPED_TRACE(d.device);
+    EXPECT_EQ(m.weights, d.weights);
+    EXPECT_EQ(m.kv, d.kv);
+    EXPECT_LE(m.peak, d.peak()) << plan->table();
+    if (busiest.empty() || m.peak > measured.at(busiest).peak) busiest = d.device;
+  }
+  const auto& top = plan->device(busiest);
+  EXPECT_LE(static_cast<double>(top.peak()), 1.25 * static_cast<double>(measured.at(busiest).peak))
+      << busiest << ": measured " << measured.at(busiest).peak << "\n" << plan->table();
+}
+
+template <DevicePlacement P, FloatType T>
+void check_cases(const std::string& variant, const std::vector<std::string>& cases, placement::Pins pins = {}) {
+  for (const auto& c : cases) check_placed_run<P, T>(variant, c, pins);
+}
+
+placement::Pins pins_of(std::optional<std::size_t> vision, std::optional<std::size_t> embed,
+                        std::optional<std::size_t> head) {
+  placement::Pins p;
+  p.vision = vision;
+  p.embed = embed;
+  p.head = head;
+  return p;
+}
+
+const std::vector<std::string> all_cases{"one_image", "two_images", "video", "text_only"};
+
+TEST(PlannerLedger, PipelineDefaultAndPinnedLayouts) {
+  using P = Pipeline<Cpu<0>, Cpu<1>>;
+  check_cases<P, float>("legacy", all_cases);
+  check_cases<P, float>("legacy", {"two_images", "video"}, pins_of(1, std::nullopt, std::nullopt));
+  check_cases<P, float>("legacy", {"two_images"}, pins_of(std::nullopt, 1, std::nullopt));
+  check_cases<P, float>("legacy", {"two_images"}, pins_of(std::nullopt, std::nullopt, 1));
+  check_cases<P, float>("legacy", {"two_images", "text_only"}, pins_of(1, 1, 1));
+  check_cases<P, float>("tied", {"one_image", "text_only"});
+  check_cases<P, float>("tied", {"one_image"}, pins_of(1, std::nullopt, 1));
+  check_cases<P, bf16>("legacy", {"two_images"}, pins_of(1, std::nullopt, 1));
+}
+
+TEST(PlannerLedger, TensorParallelHoldsOneVisionTower) {
+  using P = TensorParallel<Cpu<0>, Cpu<1>>;
+  check_cases<P, float>("legacy", all_cases);
+  check_cases<P, bf16>("legacy", {"two_images", "text_only"});
+}
+
+TEST(PlannerLedger, PipelineOfATensorParallelGroupAndADevice) {
+  using P = Pipeline<TensorParallel<Cpu<0>, Cpu<1>>, Cpu<2>>;
+  check_cases<P, float>("legacy", {"one_image", "video"});
+  check_cases<P, float>("legacy", {"two_images"}, pins_of(1, 1, 1));
+  check_cases<P, bf16>("legacy", {"two_images"}, pins_of(1, std::nullopt, std::nullopt));
+}
+
+TEST(PlannerLedger, OneProcessHoldsTheTowerOnTheFirstRankOnly) {
+  PlanRequest req;
+  req.stages = {{"cpu0", "cpu1"}};
+  req.element_size = 4;
+  req.max_context = 64;
+  req.max_image_patches = 256;
+  const auto one = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  req.one_process = false;
+  const auto mpi = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  const std::uint64_t tower = one.modules.front().bytes_per_device;
+  EXPECT_EQ(one.device("cpu0").weights, one.device("cpu1").weights + tower);
+  EXPECT_EQ(mpi.device("cpu0").weights, mpi.device("cpu1").weights);
+  EXPECT_EQ(mpi.device("cpu1").weights, one.device("cpu0").weights);
+  EXPECT_GT(mpi.device("cpu1").activations, one.device("cpu1").activations);  // its own vision pass
+
+  // The host inputs: the float pixels of every patch by default, charged to cpu0 only.
+  req.one_process = true;
+  req.host_input_bytes = 0;
+  const auto none = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  const auto cfg = vl::Config::load(vl_dir("legacy"));
+  EXPECT_EQ(one.device("cpu0").activations - none.device("cpu0").activations,
+            256u * static_cast<std::uint64_t>(cfg.vision.patch_dim()) * 4u);
+  EXPECT_EQ(one.device("cpu1").activations, none.device("cpu1").activations);
 }
 
 }  // namespace

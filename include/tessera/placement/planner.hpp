@@ -33,49 +33,66 @@
 //   weights      numel x element_size of every tensor the model loads; in a
 //                group of t devices q/k/v (weights and biases), gate and up
 //                are split by rows and o_proj, down_proj by columns (1/t
-//                each), everything else, the vision tower included, is
-//                replicated;
+//                each); embeddings, norms and lm_head are replicated; the
+//                vision tower is held by the first device of its stage only
+//                (one_process, the default), by every device under MPI
+//                (one_process = false: each process loads its own);
 //   KV cache     2 x layers x max_context x batch x (kv_heads / t) x head_dim
-//                x element_size;
-//   activations  an upper bound of what one prefill of max_prompt tokens
-//                (times batch) and one vision pass over max_image_patches
-//                allocate at once, from what the models' forward passes
-//                allocate (see "Activation bound" below);
+//                x element_size, allocated whole before the prefill;
+//   activations  the most the device holds above its weights and cache at
+//                any moment of one prefill (batch x max_prompt tokens, one
+//                vision pass over max_image_patches: every image and video
+//                of the prompt) and of the decode steps after it, from what
+//                the model code allocates and frees (see "Activation bound");
 //   peak         weights + KV cache + activations, checked against the
 //                device's budget. Over budget on any device: PlanError naming
 //                every device's need and budget.
 //
-// Activation bound (bytes; e = element_size, S = batch x max_prompt tokens,
-// P = max_prompt, t = group size, qd = heads*head_dim/t, kd =
-// kv_heads*head_dim/t, It = intermediate/t, W(m,k,n) = 4(mk + kn + mn) when
-// e != 4, else 0: the float copies a half-precision GEMM makes):
-//   decoder stage  2SHe (residual, normed h) + 8S*head_dim (rotary cos/sin)
-//                  + SHe when the hidden state arrives from another stage
-//                  + max(attention, mlp) + max W over the layer's linears;
-//                  attention = S e (2qd + 3kd) (q, k, v, rotated q, k)
-//                  + S qd e (output, + S qd e concat when batch > 1) + SHe
-//                  (o_proj) + [t > 1] SHe (all-reduce) + [e != 4] 4(P qd + 2P kd)
-//                  (float q, k, v in ops::attention); mlp = 3 S It e + SHe
-//                  + [t > 1] SHe
-//   head stage     3SHe (residual, its copy at the head, normed h)
-//                  + 8S*head_dim + 2SVe (logits, and their copy to the
-//                  model's device) + [batch > 1] SVe (per-sequence slices)
-//                  + W(S, H, V)
-//   embed stage    SHe (embeddings) + M H e (image features) + 64S (ids and
-//                  positions, host and device) + 32 S*head_dim (M-RoPE: three
-//                  axes' tables and the composed ones)
-//   vision stage   with N patches, M = N/merge^2, Hv, Iv, hv = head dim,
-//                  pd = patch_dim, Ho = out_hidden_size:
-//                  8N pd + [e != 4] N pd e (pixels: host concat, device copy,
-//                  cast) + 2(16M + 16N + 8(M + 1)) (index tensors, host and
-//                  device) + 16 N hv (rotary tables while they are built)
-//                  + max(2NHv e + max(7NHv e + [e != 4] 12NHv, 3NIv e + NHv e),
-//                        NHv e + 2M(4Hv)e + 2 M Ho e)
-//                  + max W over its linears; plus SHe + 16S when the
-//                  embeddings share the device (they are alive meanwhile)
-// A device's activations are the largest of the phases that run on it:
-// the phases follow one another, and each frees its temporaries.
-//
+// Activation bound. The planner walks one forward step phase by phase,
+// device by device (plan_detail::Simulation): what a phase leaves alive is
+// carried to the next, each phase's transient is added on top, and a
+// device's figure is its largest carry + transient. e = element_size,
+// S = tokens in the step, H = hidden, V = vocab, hd = head_dim, t = group
+// size, qd = heads*hd/t, kd = kv_heads*hd/t, It = intermediate/t, SH = S H e,
+// W(m,k,n) = 4(mk + kn + mn) when e != 4, else 0 (a half-precision GEMM's
+// float copies). Host = cpu0: host allocations are charged to cpu0 when it
+// is one of the plan's devices.
+//   all run      cpu0: host_input_bytes (the processor's pixel values, kept
+//                by the caller; default 4 x max_image_patches x patch_dim)
+//                and, while loading, the largest tensor a non-CPU device
+//                stages on the host;
+//   positions    cpu0: 24S ([3, S] M-RoPE) or 8S, then 8S ids;
+//   vision       N patches, M = N/merge^2: cpu0 4N pd (concatenated pixels)
+//                + I (index tensors, I = 16M + 16N + 8(M + 1)); the tower's
+//                device 4N pd + [e != 4] N pd e + I + 8N hv (rotary tables)
+//                + max(8N hv, 2NHv e + max(7NHv e + [e != 4] 12NHv,
+//                2NHv e + 3NIv e), 2NHv e + max(2M uH e + M Ho e, 2M Ho e))
+//                + max W (uH = merge^2 Hv, Ho = out_hidden_size); its
+//                features M H e stay there for the rest of the prefill;
+//   embeddings   every device of the embed stage: SH + max(8S, M H e when
+//                the features are copied in), then SH carried;
+//   stage        entering a stage copies the stream (SH) to each of its
+//                devices and the source copy stays alive to the end of the
+//                step; each device: rotary tables being built (24S + 32S hd,
+//                plain RoPE 8S + 8S hd), then residual + tables (8S hd) + h
+//                (SH) + max(attention, SH + mlp) with
+//                attention = max(Se(2qd + 3kd) + Sqd e (x2 when batch > 1) +
+//                SH + [e != 4] 4(Sq qd + 2 Lk kd) + max W, reduce),
+//                mlp = max(3S It e + SH + max W, reduce, 2SH) (the layer's
+//                attention output is alive during its MLP), reduce = the
+//                in-process all-reduce: 3SH on the group's first device
+//                (sum, copy of a part, new sum), 2SH on the others (none
+//                for an "mpi" or "nccl" communicator);
+//   head         the stream copied to the head stage's devices (SH each)
+//                unless it is there; its first device (every device under
+//                MPI): SH + SVe + W(S, H, V), then the logits' copy SVe on
+//                the output device (the first device of stage 0); batch > 1
+//                adds per-sequence slices (SVe) there;
+//   decode       the same with S = batch, Sq = 1, Lk = max_context (keys a
+//                step attends to), plain RoPE, no vision, while the previous
+//                step's logits (the prefill's: batch x max_prompt x V x e)
+//                stay on the output device and each sequence's last row
+//                (4V) on cpu0.
 // Errors: PlanError for a plan that does not fit, a tensor-parallel group
 // that does not divide the language model's attention or key-value heads
 // (or its intermediate size), a pin to a stage that does not exist, tied
@@ -199,12 +216,21 @@ struct PlanRequest {
   std::int64_t max_context = 4096;      // KV cache capacity per sequence
   std::int64_t batch = 1;               // sequences with a cache each
   std::int64_t max_prompt = 0;          // tokens in one prefill; 0: max_context
-  std::int64_t max_image_patches = 0;   // patches through the vision tower in one prefill
+  std::int64_t max_image_patches = 0;   // patches of every image and video of one prompt, together
   std::int64_t max_image_pixels = 0;    // or pixels, converted to patches (the larger wins)
   std::map<std::string, std::uint64_t> budgets;  // device -> bytes; absent: unlimited
   Strategy strategy = Strategy::balanced;
   Pins pins;
   std::string communicator = "in-process";  // named in the table for tensor-parallel groups
+  // All ranks in this process (the in-process communicator, or NCCL over
+  // one process's GPUs): the vision tower and the head run once, on the
+  // first device of their stage. false under MPI: every rank's process
+  // holds its own tower and computes the logits.
+  bool one_process = true;
+  // Bytes of the processor's outputs kept on the host (Host = cpu0) for the
+  // whole run, charged to cpu0 when it is one of the plan's devices; unset:
+  // the float32 pixels of max_image_patches patches.
+  std::optional<std::uint64_t> host_input_bytes;
 };
 
 // One row of the module table: a part of the model and where it lives.
@@ -344,62 +370,213 @@ inline PartBytes part_bytes(const ModelDescription& m, std::size_t tp, std::size
 
 // What the activation bound depends on.
 struct Workload {
-  u64 e, S, P, batch;
-  u64 patches;
+  u64 e = 4;          // element size
+  u64 batch = 1;      // sequences
+  u64 prompt = 0;     // tokens per sequence in the prefill
+  u64 context = 0;    // KV capacity per sequence: keys a decode step attends to
+  u64 patches = 0;    // through the vision tower in one prefill (all items)
+  u64 host_inputs = 0;  // processor outputs kept on the host for the run
+  u64 staging = 0;    // the largest tensor a non-CPU device stages on the host while loading
+  bool one_process = true;
+  bool in_process_reduce = true;  // tensor-parallel sums staged on the group's first device
 };
 
-inline u64 widen(const Workload& w, u64 m, u64 k, u64 n) { return w.e == 4 ? 0 : 4 * (m * k + k * n + m * n); }
-
-inline u64 decoder_stage(const io::Qwen2Config& c, const Workload& w, u64 t, bool receives_hidden) {
-  const u64 H = static_cast<u64>(c.hidden_size), hd = static_cast<u64>(c.head_dim());
-  const u64 qd = static_cast<u64>(c.num_attention_heads) * hd / t;
-  const u64 kd = static_cast<u64>(c.num_key_value_heads) * hd / t;
-  const u64 It = static_cast<u64>(c.intermediate_size) / t;
-  const u64 S = w.S, e = w.e, SH = S * H * e;
-  const u64 reduce = t > 1 ? SH : 0;
-  const u64 attention = S * e * (2 * qd + 3 * kd) + S * qd * e * (w.batch > 1 ? 2 : 1) + SH + reduce +
-                        (e != 4 ? 4 * (w.P * qd + 2 * w.P * kd) : 0);
-  const u64 mlp = 3 * S * It * e + SH + reduce;
-  const u64 widest = std::max({widen(w, S, H, qd), widen(w, S, H, kd), widen(w, S, qd, H), widen(w, S, H, It),
-                               widen(w, S, It, H)});
-  return 2 * SH + 8 * S * hd + (receives_hidden ? SH : 0) + std::max(attention, mlp) + widest;
-}
-
-inline u64 head_stage(const io::Qwen2Config& c, const Workload& w) {
-  const u64 H = static_cast<u64>(c.hidden_size), V = static_cast<u64>(c.vocab_size);
-  const u64 hd = static_cast<u64>(c.head_dim());
-  // The logits are computed on the head stage and copied (to<>) to the
-  // model's device, which is a second buffer even when they are the same.
-  const u64 logits = w.S * V * w.e;
-  return 3 * w.S * H * w.e + 8 * w.S * hd + logits * (w.batch > 1 ? 3 : 2) + widen(w, w.S, H, V);
-}
+inline u64 widen(u64 e, u64 m, u64 k, u64 n) { return e == 4 ? 0 : 4 * (m * k + k * n + m * n); }
 
 inline u64 merged_tokens(const models::qwen2_5_vl::VisionConfig& v, u64 patches) {
   return patches / static_cast<u64>(v.merge_unit());
 }
 
-inline u64 embed_stage(const ModelDescription& m, const Workload& w) {
-  const u64 H = static_cast<u64>(m.text.hidden_size), hd = static_cast<u64>(m.text.head_dim());
-  const u64 features = m.vision ? merged_tokens(*m.vision, w.patches) * H * w.e : 0;
-  return w.S * H * w.e + features + 64 * w.S + 32 * w.S * hd;
+// Index tensors the vision tower derives from the grids (window_index,
+// reverse_index [M] and rows, cols [N] int64, two int32 cu_seqlens of at
+// most M + 1 entries): made on the host, copied to the tower's device.
+inline u64 vision_index(const models::qwen2_5_vl::VisionConfig& v, u64 N) {
+  const u64 M = merged_tokens(v, N);
+  return 16 * M + 16 * N + 8 * (M + 1);
 }
 
-inline u64 vision_stage(const models::qwen2_5_vl::VisionConfig& v, const Workload& w) {
-  if (w.patches == 0) return 0;
-  const u64 N = w.patches, M = merged_tokens(v, N), e = w.e;
+// The tower's own allocations on its device during one pass over N patches,
+// on top of the index tensors: the pixels copied there (and cast), the
+// rotary tables, then the blocks or the merger with what stays alive.
+inline u64 vision_device(const models::qwen2_5_vl::VisionConfig& v, u64 e, u64 N) {
+  if (N == 0) return 0;
+  const u64 M = merged_tokens(v, N);
   const u64 Hv = static_cast<u64>(v.hidden_size), Iv = static_cast<u64>(v.intermediate_size);
   const u64 hv = static_cast<u64>(v.head_dim()), pd = static_cast<u64>(v.patch_dim());
   const u64 Ho = static_cast<u64>(v.out_hidden_size), uH = static_cast<u64>(v.merge_unit()) * Hv;
-  const u64 pixels = 8 * N * pd + (e != 4 ? N * pd * e : 0);
-  const u64 index = 2 * (16 * M + 16 * N + 8 * (M + 1));
-  const u64 rotary = 16 * N * hv;
+  const u64 pixels = 4 * N * pd + (e != 4 ? N * pd * e : 0);
   const u64 NH = N * Hv * e;
-  const u64 blocks = 2 * NH + std::max(7 * NH + (e != 4 ? 12 * N * Hv : 0), 3 * N * Iv * e + NH);
-  const u64 merger = NH + 2 * M * uH * e + 2 * M * Ho * e;
-  const u64 widest = std::max({widen(w, N, pd, Hv), widen(w, N, Hv, 3 * Hv), widen(w, N, Hv, Iv),
-                               widen(w, N, Iv, Hv), widen(w, M, uH, uH), widen(w, M, uH, Ho)});
-  return pixels + index + rotary + std::max(blocks, merger) + widest;
+  // residual and h, then the larger of attention (qkv, rotated q and k,
+  // output, projection: 7NHv e, with float q/k/v copies when e != 4) and the
+  // MLP (gate, up, swiglu, down) while the block's attention output is
+  // still alive.
+  const u64 blocks = 2 * NH + std::max(7 * NH + (e != 4 ? 12 * N * Hv : 0), NH + 3 * N * Iv * e + NH);
+  // residual and h stay alive through the merger: fc1, gelu, fc2, then the
+  // reverse gather.
+  const u64 merger = 2 * NH + std::max(2 * M * uH * e + M * Ho * e, 2 * M * Ho * e);
+  const u64 widest = std::max({widen(e, N, pd, Hv), widen(e, N, Hv, 3 * Hv), widen(e, N, Hv, Iv),
+                               widen(e, N, Iv, Hv), widen(e, M, uH, uH), widen(e, M, uH, Ho)});
+  // Rotary tables [N, hv] cos and sin (float) stay; the two axes' tables
+  // they are composed from are transient.
+  return pixels + vision_index(v, N) + 8 * N * hv + std::max({8 * N * hv, blocks, merger}) + widest;
 }
+
+// One forward step as the models run it, device by device: what each
+// device holds above its weights and KV cache at its worst moment.
+// Devices are numbered in stage order; `carry` is what stays alive on a
+// device from one phase to the next, `at` records carry + a transient.
+class Simulation {
+ public:
+  Simulation(const ModelDescription& m, const PlanRequest& r, const Layout& layout, const Workload& w)
+      : m_(m), r_(r), layout_(layout), w_(w) {
+    for (std::size_t s = 0; s < r.stages.size(); ++s) {
+      first_.push_back(names_.size());
+      for (const auto& d : r.stages[s]) {
+        if (d == "cpu0") host_ = names_.size();
+        names_.push_back(d);
+      }
+    }
+    peak_.assign(names_.size(), 0);
+  }
+
+  // Peaks of the prefill and of every decode step after it.
+  std::vector<u64> run() {
+    const u64 V = static_cast<u64>(m_.text.vocab_size), e = w_.e;
+    const u64 S = w_.batch * w_.prompt;
+    std::vector<u64> carry(names_.size(), 0);
+    add_host(carry, w_.host_inputs);
+    at(carry, host_, w_.staging);  // loading: one tensor staged for a CUDA device
+    step(carry, S, w_.prompt, w_.prompt, m_.vision.has_value(), w_.patches);
+    // Decode: the previous step's logits (the prefill's, at first) are
+    // alive on the output device and each sequence's last row, as float,
+    // on the host while the next step runs.
+    std::vector<u64> decode(names_.size(), 0);
+    add_host(decode, w_.host_inputs + 4 * V * w_.batch);
+    decode[first_[0]] += S * V * e;
+    step(decode, w_.batch, 1, w_.context, false, 0);
+    return peak_;
+  }
+
+ private:
+  void at(const std::vector<u64>& carry, std::size_t d, u64 bytes) {
+    if (d < names_.size()) peak_[d] = std::max(peak_[d], carry[d] + bytes);
+  }
+  void add_host(std::vector<u64>& carry, u64 bytes) const {
+    if (host_ < names_.size()) carry[host_] += bytes;
+  }
+  std::size_t dev(std::size_t s, std::size_t rank) const { return first_[s] + rank; }
+  std::size_t ranks(std::size_t s) const { return r_.stages[s].size(); }
+  // The ranks that run what one rank of a stage runs (the vision tower,
+  // the head): the first in one process, each its own under MPI.
+  std::size_t single_ranks(std::size_t s) const { return w_.one_process ? 1 : ranks(s); }
+
+  // One forward over S tokens (Sq query rows and Lk keys per sequence):
+  // the vision tower over `patches`, the embeddings, each stage's layers,
+  // the head. M-RoPE positions [3, S] for a prompt with vision, [S] else.
+  void step(std::vector<u64> carry, u64 S, u64 Sq, u64 Lk, bool mrope, u64 patches) {
+    const io::Qwen2Config& c = m_.text;
+    const u64 e = w_.e, H = static_cast<u64>(c.hidden_size), V = static_cast<u64>(c.vocab_size);
+    const u64 hd = static_cast<u64>(c.head_dim()), SH = S * H * e;
+    const u64 positions = mrope ? 24 * S : 8 * S;
+    add_host(carry, positions);  // made before the vision tower runs
+    const std::size_t n = r_.stages.size();
+
+    // Vision tower: host concatenation of the pixels and the index tensors,
+    // the pass on the tower's device; its features stay there.
+    std::vector<bool> tower(names_.size(), false);
+    u64 features = 0;
+    if (m_.vision && patches > 0) {
+      const auto& v = *m_.vision;
+      std::vector<u64> transient(names_.size(), 0);
+      if (host_ < names_.size()) transient[host_] += 4 * patches * static_cast<u64>(v.patch_dim()) + vision_index(v, patches);
+      for (std::size_t q = 0; q < single_ranks(layout_.vision_stage); ++q) {
+        const std::size_t d = dev(layout_.vision_stage, q);
+        tower[d] = true;
+        transient[d] += vision_device(v, e, patches);
+      }
+      for (std::size_t d = 0; d < names_.size(); ++d) at(carry, d, transient[d]);
+      features = merged_tokens(v, patches) * H * e;
+      for (std::size_t d = 0; d < names_.size(); ++d) {
+        if (tower[d]) carry[d] += features;
+      }
+    }
+
+    // The language model: ids on the host, then the embedding stage.
+    add_host(carry, 8 * S);
+    for (std::size_t q = 0; q < ranks(layout_.embed_stage); ++q) {
+      const std::size_t d = dev(layout_.embed_stage, q);
+      const u64 copy = features > 0 && !tower[d] ? features : 0;  // to<> of the features before the scatter
+      at(carry, d, SH + std::max(8 * S, copy));
+      carry[d] += SH;
+    }
+    std::size_t current = layout_.embed_stage;  // the stage holding the residual stream
+    for (std::size_t s = 0; s < n; ++s) {
+      if (std::count(layout_.layer_stage.begin(), layout_.layer_stage.end(), s) == 0) continue;
+      // Crossing into the stage copies the stream to each of its devices;
+      // the source stays alive (it is run_from's argument) to the end.
+      if (s != current) {
+        for (std::size_t q = 0; q < ranks(s); ++q) carry[dev(s, q)] += SH;
+      }
+      current = s;
+      const u64 t = ranks(s);
+      const u64 qd = static_cast<u64>(c.num_attention_heads) * hd / t;
+      const u64 kd = static_cast<u64>(c.num_key_value_heads) * hd / t;
+      const u64 It = static_cast<u64>(c.intermediate_size) / t;
+      // Rotary tables: positions copied, the three axes' tables composed.
+      const u64 tables_build = (mrope ? 24 * S + 32 * S * hd : 8 * S + 8 * S * hd);
+      const u64 attention = S * e * (2 * qd + 3 * kd) + S * qd * e * (w_.batch > 1 ? 2 : 1) + SH +
+                            (e != 4 ? 4 * (Sq * qd + 2 * Lk * kd) : 0);
+      const u64 mlp = 3 * S * It * e + SH;
+      const u64 widest = std::max({widen(e, S, H, qd), widen(e, S, H, kd), widen(e, S, qd, H), widen(e, S, H, It),
+                                   widen(e, S, It, H)});
+      for (std::size_t q = 0; q < t; ++q) {
+        const std::size_t d = dev(s, q);
+        // In-process all-reduce: the first device holds the running sum, a
+        // copy of the next part and the new sum; the others their part and
+        // the copy of the sum.
+        const u64 reduce = t > 1 && w_.in_process_reduce ? (q == 0 ? 3 * SH : 2 * SH) : 0;
+        at(carry, d, tables_build);
+        // Residual, tables and normed h; then attention (its all-reduce),
+        // then the MLP (its all-reduce, the residual add and norm) while the
+        // layer's attention output is still alive.
+        const u64 attention_step = std::max(attention + widest, reduce);
+        const u64 mlp_step = SH + std::max({mlp + widest, reduce, 2 * SH});
+        at(carry, d, 8 * S * hd + SH + std::max(attention_step, mlp_step));
+      }
+    }
+
+    // The head: the stream copied to every device of its stage (unless it
+    // is there), the final norm and lm_head on the first rank, the logits
+    // copied to the output device (the first device of stage 0).
+    const std::size_t hs = layout_.head_stage;
+    if (hs != current) {
+      for (std::size_t q = 0; q < ranks(hs); ++q) carry[dev(hs, q)] += SH;
+    }
+    const u64 logits = S * V * e;
+    const std::size_t out = dev(0, 0);
+    for (std::size_t q = 0; q < single_ranks(hs); ++q) {
+      const std::size_t d = dev(hs, q);
+      at(carry, d, SH + logits + widen(e, S, H, V));
+      if (d == out) {
+        at(carry, d, SH + 2 * logits);
+      } else {
+        at(carry, d, SH + logits);
+        at(carry, out, logits);
+      }
+    }
+    // Several sequences: each one's rows sliced out of the logits.
+    if (w_.batch > 1) at(carry, out, 2 * logits);
+  }
+
+  const ModelDescription& m_;
+  const PlanRequest& r_;
+  const Layout& layout_;
+  Workload w_;
+  std::vector<std::string> names_;
+  std::vector<std::size_t> first_;
+  std::size_t host_ = static_cast<std::size_t>(-1);
+  std::vector<u64> peak_;
+};
 
 inline std::string join(const std::vector<std::string>& v, std::string_view sep = ", ") {
   std::string out;
@@ -605,7 +782,23 @@ inline Plan plan_model(const ModelDescription& m, const PlanRequest& r) {
     patches = std::max(patches, (from_pixels + unit - 1) / unit * unit);
   }
   if (!m.vision) patches = 0;
-  const Workload work{elem, prompt * static_cast<u64>(r.batch), prompt, static_cast<u64>(r.batch), patches};
+  Workload work;
+  work.e = elem;
+  work.batch = static_cast<u64>(r.batch);
+  work.prompt = prompt;
+  work.context = static_cast<u64>(r.max_context);
+  work.patches = patches;
+  work.one_process = r.one_process;
+  work.in_process_reduce = !r.communicator.starts_with("mpi") && !r.communicator.starts_with("nccl");
+  const bool has_host = std::any_of(r.stages.begin(), r.stages.end(), [](const auto& g) {
+    return std::find(g.begin(), g.end(), "cpu0") != g.end();
+  });
+  if (has_host) {
+    // Default: the float32 pixels of `patches` patches (every image and
+    // video of the prompt when max_image_patches counts them all).
+    const u64 pixels = m.vision ? 4 * patches * static_cast<u64>(m.vision->patch_dim()) : 0;
+    work.host_inputs = r.host_input_bytes.value_or(pixels);
+  }
   const auto kv_per_layer = [&](std::size_t tp) {
     return 2 * static_cast<u64>(r.max_context) * static_cast<u64>(r.batch) *
            (static_cast<u64>(m.text.num_key_value_heads) / tp) * static_cast<u64>(m.text.head_dim()) * elem;
@@ -613,31 +806,38 @@ inline Plan plan_model(const ModelDescription& m, const PlanRequest& r) {
 
   std::vector<PartBytes> bytes;  // per stage, for its group size
   for (std::size_t s = 0; s < n; ++s) bytes.push_back(part_bytes(m, r.stages[s].size(), elem));
-
-  // Activations of a stage given what it holds.
-  const auto activations = [&](std::size_t s, bool holds_layers, bool first_layer_stage) {
-    const u64 t = r.stages[s].size();
-    u64 a = 0;
-    if (holds_layers) a = std::max(a, decoder_stage(m.text, work, t, !first_layer_stage && layout.embed_stage != s));
-    if (layout.head_stage == s) a = std::max(a, head_stage(m.text, work));
-    if (layout.embed_stage == s) a = std::max(a, embed_stage(m, work));
-    if (m.vision && layout.vision_stage == s) {
-      const u64 shared = layout.embed_stage == s ? work.S * static_cast<u64>(m.text.hidden_size) * elem + 16 * work.S : 0;
-      a = std::max(a, vision_stage(*m.vision, work) + shared);
-    }
-    return a;
+  // The ranks of the vision stage that hold a tower: the first in one
+  // process, every one under MPI (each process its own).
+  const auto holds_tower = [&](std::size_t s, std::size_t rank) {
+    return m.vision && layout.vision_stage == s && (rank == 0 || !r.one_process);
   };
-
-  StageCosts costs;
-  for (std::size_t s = 0; s < n; ++s) {
-    u64 pin = 0;
-    if (m.vision && layout.vision_stage == s) pin += bytes[s].vision;
+  const auto pinned_bytes = [&](std::size_t s, std::size_t rank) {
+    u64 pin = holds_tower(s, rank) ? bytes[s].vision : 0;
     if (layout.embed_stage == s) pin += bytes[s].embed;
     if (layout.head_stage == s) pin += bytes[s].head;
-    costs.pinned.push_back(pin);
-    costs.activations.push_back(activations(s, true, s == 0));
-    const u64 layer_weights = bytes[s].layers.empty() ? 0 : *std::max_element(bytes[s].layers.begin(), bytes[s].layers.end());
-    costs.layer_unit.push_back(layer_weights + kv_per_layer(r.stages[s].size()));
+    return pin;
+  };
+
+  // Activations per stage for the layer assignment: a provisional layout
+  // with layers on every stage, each stage's worst device.
+  StageCosts costs;
+  {
+    Layout provisional = layout;
+    provisional.layer_stage = Layout::even(layers, n).layer_stage;
+    const std::vector<u64> peaks = Simulation(m, r, provisional, work).run();
+    std::size_t d = 0;
+    for (std::size_t s = 0; s < n; ++s) {
+      u64 act = 0, pin = 0;
+      for (std::size_t q = 0; q < r.stages[s].size(); ++q, ++d) {
+        act = std::max(act, peaks[d]);
+        pin = std::max(pin, pinned_bytes(s, q));
+      }
+      costs.pinned.push_back(pin);
+      costs.activations.push_back(act);
+      const u64 layer_weights =
+          bytes[s].layers.empty() ? 0 : *std::max_element(bytes[s].layers.begin(), bytes[s].layers.end());
+      costs.layer_unit.push_back(layer_weights + kv_per_layer(r.stages[s].size()));
+    }
   }
 
   if (n == 1) {
@@ -677,24 +877,45 @@ inline Plan plan_model(const ModelDescription& m, const PlanRequest& r) {
   }
   plan.modules.push_back({part_name("head", tied), layout.head_stage, bytes[layout.head_stage].head});
 
-  std::size_t first_layer_stage = layout.layer_stage.empty() ? 0 : layout.layer_stage.front();
+  // Loading: a tensor for a device other than a CPU slot is staged on the
+  // host (one at a time) before to<>.
+  for (const auto& [name, numel] : m.tensors) {
+    const Classified c = classify(m, name);
+    std::size_t s = 0;
+    switch (c.part) {
+      case Part::vision: s = layout.vision_stage; break;
+      case Part::embed: s = layout.embed_stage; break;
+      case Part::head: s = layout.head_stage; break;
+      case Part::layer: s = layout.layer_stage[static_cast<std::size_t>(c.layer)]; break;
+      case Part::ignored: continue;
+    }
+    // Tied embeddings pinned apart: the head stage loads the table too.
+    const bool cuda = std::any_of(r.stages[s].begin(), r.stages[s].end(), [](const std::string& d) {
+      return !d.starts_with("cpu");
+    });
+    const bool head_copy = tied && c.part == Part::embed && layout.embed_stage != layout.head_stage &&
+                           std::any_of(r.stages[layout.head_stage].begin(), r.stages[layout.head_stage].end(),
+                                       [](const std::string& d) { return !d.starts_with("cpu"); });
+    if (has_host && (cuda || head_copy)) work.staging = std::max(work.staging, static_cast<u64>(numel) * elem);
+  }
+  const std::vector<u64> peaks = Simulation(m, r, layout, work).run();
+  std::size_t index = 0;
   for (std::size_t s = 0; s < n; ++s) {
-    u64 weights = costs.pinned[s], stage_layers = 0;
+    u64 layer_weights = 0, stage_layers = 0;
     for (std::size_t l = 0; l < layout.layer_stage.size(); ++l) {
       if (layout.layer_stage[l] == s) {
-        weights += bytes[s].layers[l];
+        layer_weights += bytes[s].layers[l];
         ++stage_layers;
       }
     }
-    const u64 act = activations(s, stage_layers > 0, s == first_layer_stage);
-    for (const auto& d : r.stages[s]) {
+    for (std::size_t q = 0; q < r.stages[s].size(); ++q, ++index) {
       DeviceFigures f;
-      f.device = d;
+      f.device = r.stages[s][q];
       f.stage = s;
-      f.weights = weights;
+      f.weights = pinned_bytes(s, q) + layer_weights;
       f.kv = stage_layers * kv_per_layer(r.stages[s].size());
-      f.activations = act;
-      if (const auto it = r.budgets.find(d); it != r.budgets.end()) f.budget = it->second;
+      f.activations = peaks[index];
+      if (const auto it = r.budgets.find(f.device); it != r.budgets.end()) f.budget = it->second;
       plan.devices.push_back(f);
     }
   }
