@@ -147,12 +147,4 @@ class Group {
   std::string note_;
 };
 
-// The group type for a TensorParallel stage.
-template <class S>
-struct group_for;
-template <Device... Ds>
-struct group_for<TensorParallel<Ds...>> {
-  using type = Group<Ds...>;
-};
-
 }  // namespace tessera::comm

@@ -159,16 +159,4 @@ class Distributed {
   typename detail::parts_of<Split, T, devices>::type parts_;
 };
 
-// Element-wise maps that keep the split state: f(part) -> new part, for
-// every local part. For use by layers on Replicated and Sharded values; on a
-// Partial value it is the static_assert of Distributed::for_each_local.
-template <SplitState Split, DType T, class F>
-auto map_parts(const Distributed<Split, T>& x, F&& f) {
-  using Out = typename std::invoke_result_t<F&, const Tensor<typename Distributed<Split, T>::template device_at<0>, T>&>;
-  using U = element_of<Out>;
-  Distributed<Split, U> out;
-  x.for_each_local([&](auto i, const auto& part) { out.template set<decltype(i)::value>(f(part)); });
-  return out;
-}
-
 }  // namespace tessera
