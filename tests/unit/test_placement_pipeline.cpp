@@ -7,12 +7,12 @@
 #include <tessera/models/qwen2.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
 
-#include "placement_fixtures.hpp"
+#include "qwen2_5_vl_fixtures.hpp"
 
 namespace tessera::testing {
 namespace {
 
-using namespace placement_fixtures;
+using namespace qwen2_5_vl_fixtures;
 using Single0 = models::Qwen2_5_VL<Single<Cpu<0>>, float>;
 using Two = models::Qwen2_5_VL<Pipeline<Cpu<0>, Cpu<1>>, float>;
 using Three = models::Qwen2_5_VL<Pipeline<Cpu<0>, Cpu<1>, Cpu<2>>, float>;

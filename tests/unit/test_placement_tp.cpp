@@ -8,12 +8,12 @@
 #include <tessera/models/qwen2.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
 
-#include "placement_fixtures.hpp"
+#include "qwen2_5_vl_fixtures.hpp"
 
 namespace tessera::testing {
 namespace {
 
-using namespace placement_fixtures;
+using namespace qwen2_5_vl_fixtures;
 using TP = models::Qwen2_5_VL<TensorParallel<Cpu<0>, Cpu<1>>, float>;
 using PipeTP = models::Qwen2_5_VL<Pipeline<TensorParallel<Cpu<0>, Cpu<1>>, Cpu<2>>, float>;
 

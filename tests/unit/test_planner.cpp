@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "placement_fixtures.hpp"
+#include "qwen2_5_vl_fixtures.hpp"
 
 namespace tessera::testing {
 namespace {
@@ -26,10 +26,11 @@ namespace {
 namespace fs = std::filesystem;
 namespace acc = placement::accelerate;
 namespace vl = models::qwen2_5_vl;
+using qwen2_5_vl_fixtures::vl_dir;
 using placement::PlanRequest;
 using placement::Strategy;
 
-fs::path fixtures() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures"; }
+fs::path fixtures() { return qwen2_5_vl_fixtures::root(); }
 
 nlohmann::json read_json(const fs::path& path) { return nlohmann::json::parse(std::ifstream(path)); }
 
@@ -161,7 +162,6 @@ std::vector<std::string> names_where(const io::Checkpoint& ckpt, const std::func
   return out;
 }
 
-fs::path vl_dir(const std::string& variant) { return fixtures() / "qwen2_5_vl" / variant; }
 
 TEST(Planner, SingleStageHoldsEveryCheckpointTensor) {
   for (const std::string variant : {"legacy", "tied"}) {
@@ -361,18 +361,9 @@ TEST(Planner, TableListsModulesAndDevices) {
 
 // ---- the prediction against the ledger ------------------------------------------
 
+// A case of the legacy fixture (images only: the single-stage checks take no video).
 vl::Prompt prompt_of(const std::string& c) {
-  const auto meta = read_json(vl_dir("legacy") / "reference.json");
-  const auto arrays = io::SafetensorsFile::open(vl_dir("legacy") / "reference.safetensors");
-  const auto ids = arrays.load<Host, std::int64_t>(c + ".input_ids");
-  const auto cfg = vl::ImageProcessorConfig::load(vl_dir("legacy") / "preprocessor_config.json");
-  vl::Prompt p;
-  p.ids.assign(ids.span().begin(), ids.span().end());
-  for (const auto& name : meta["cases"][c]["images"]) {
-    p.images.push_back(vl::preprocess_image(
-        vl::load_rgb_image(fixtures() / "qwen2_5_vl" / "images" / (name.get<std::string>() + ".png")), cfg));
-  }
-  return p;
+  return qwen2_5_vl_fixtures::prompt_of(qwen2_5_vl_fixtures::Reference("legacy"), "legacy", c);
 }
 
 // Loads the model as T on Cpu<0>, prefills `c`, and checks the ledger's
@@ -466,7 +457,7 @@ void check_placed_run(const std::string& variant, const std::string& c, placemen
   SCOPED_TRACE(variant + " " + c + " " + policy_name<P>() + (std::is_same_v<T, float> ? " float" : " bf16") +
                " pins " + std::to_string(pins.vision.value_or(0)) + std::to_string(pins.embed.value_or(0)) +
                std::to_string(pins.head.value_or(0)));
-  namespace pf = placement_fixtures;
+  namespace pf = qwen2_5_vl_fixtures;
   constexpr std::int64_t new_tokens = 3;
   const pf::Reference ref(variant);
 
@@ -495,10 +486,10 @@ void check_placed_run(const std::string& variant, const std::string& c, placemen
     req.max_prompt = tokens;
     req.max_image_patches = patches;  // every image and video together
     req.pins = pins;
-    plan = placement::plan_qwen2_5_vl(pf::vl_dir(variant), req);
+    plan = placement::plan_qwen2_5_vl(vl_dir(variant), req);
 
     using Model = models::Qwen2_5_VL<P, T>;
-    const Model model = Model::load(pf::vl_dir(variant), plan->layout);
+    const Model model = Model::load(vl_dir(variant), plan->layout);
     snapshot(after_load);
     {
       const auto cache = model.new_cache(req.max_context);

@@ -31,33 +31,16 @@
 #include <string>
 #include <vector>
 
+#include "qwen2_5_vl_fixtures.hpp"
 #include "test_util.hpp"
 
 namespace tessera::testing {
 namespace {
 
-namespace vl = models::qwen2_5_vl;
-namespace fs = std::filesystem;
+using namespace qwen2_5_vl_fixtures;
 using Model = models::Qwen2_5_VL<Single<Cpu<0>>, float>;
-using Ids = std::vector<std::int64_t>;
 
-fs::path fixtures() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures" / "qwen2_5_vl"; }
-
-struct Reference {
-  nlohmann::json meta;
-  io::SafetensorsFile arrays;
-
-  explicit Reference(const std::string& variant)
-      : meta(nlohmann::json::parse(std::ifstream(fixtures() / variant / "reference.json"))),
-        arrays(io::SafetensorsFile::open(fixtures() / variant / "reference.safetensors")) {}
-
-  Ids ints(const std::string& name) const {
-    const auto t = arrays.load<Host, std::int64_t>(name);
-    return {t.span().begin(), t.span().end()};
-  }
-  Tensor<Host, float> floats(const std::string& name) const { return arrays.load<Host, float>(name); }
-  bool has(const std::string& name) const { return arrays.find(name) != nullptr; }
-};
+fs::path fixtures() { return root() / "qwen2_5_vl"; }
 
 const Reference& reference(const std::string& variant) {
   static const std::map<std::string, Reference> refs = [] {
@@ -75,52 +58,11 @@ const Model& model(const std::string& variant) {
   return variant == "tied" ? tied : legacy;
 }
 
-// The names the reference keeps a case's model outputs under: the video
-// case's original-rule run lives under "video.v4.".
-std::string outputs_of(const std::string& c) { return c == "video" ? "video.v4" : c; }
-
 // The case's prompt from the committed image files, through tessera's own
 // processor (preprocessor_config.json of the checkpoint).
 vl::Prompt prompt_of(const std::string& variant, const std::string& c) {
-  const Reference& ref = reference(variant);
-  const auto& meta = ref.meta["cases"][c];
-  const auto cfg = vl::ImageProcessorConfig::load(fixtures() / variant / "preprocessor_config.json");
-  vl::Prompt p;
-  p.ids = ref.ints(c + ".input_ids");
-  for (const auto& name : meta["images"]) {
-    p.images.push_back(vl::preprocess_image(
-        vl::load_rgb_image(fixtures() / "images" / (name.get<std::string>() + ".png")), cfg));
-  }
-  if (!meta["video"].is_null()) {
-    std::vector<vl::RgbImage> frames;
-    const fs::path dir = fixtures() / "images" / meta["video"].get<std::string>();
-    for (int i = 0; fs::exists(dir / ("frame_" + std::to_string(i) + ".png")); ++i) {
-      frames.push_back(vl::load_rgb_image(dir / ("frame_" + std::to_string(i) + ".png")));
-    }
-    p.videos.push_back(vl::preprocess_video(frames, meta["fps"].get<double>(), cfg));
-  }
-  return p;
+  return qwen2_5_vl_fixtures::prompt_of(reference(variant), variant, c);
 }
-
-double max_abs(const Tensor<Host, float>& t) {
-  double m = 0.0;
-  for (float v : t.span()) m = std::max(m, static_cast<double>(std::abs(v)));
-  return m;
-}
-
-// Largest |a - e| over all entries, for a message and a tolerance check.
-double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& e) {
-  EXPECT_EQ(a.shape(), e.shape());
-  double m = 0.0;
-  for (std::size_t i = 0; i < std::min(a.span().size(), e.span().size()); ++i) {
-    m = std::max(m, static_cast<double>(std::abs(a.span()[i] - e.span()[i])));
-  }
-  return m;
-}
-
-Tensor<Host, float> row(const Tensor<Host, float>& t, std::int64_t r) { return to<Host>(t.slice(0, r, r + 1)); }
-
-const std::vector<std::string> kCases = {"text_only", "one_image", "two_images", "video"};
 
 class Qwen2_5_VLGolden : public ::testing::TestWithParam<std::string> {};
 
@@ -179,7 +121,7 @@ TEST(Qwen2_5_VLProcessor, PixelValuesMatchThePilImageProcessor) {
 TEST_P(Qwen2_5_VLGolden, RopeIndexGivesTheReferencePositions) {
   const Reference& ref = reference(GetParam());
   const auto& cfg = model(GetParam()).config();
-  for (const std::string& c : kCases) {
+  for (const std::string& c : cases()) {
     const auto p = prompt_of(GetParam(), c);
     std::vector<vl::GridTHW> images, videos;
     std::vector<double> seconds;
@@ -211,7 +153,7 @@ TEST_P(Qwen2_5_VLGolden, VisionTowerMatchesTransformersOnItsOwn) {
 
 TEST_P(Qwen2_5_VLGolden, PromptLogitsAtEveryPositionMatchTransformers) {
   const Reference& ref = reference(GetParam());
-  for (const std::string& c : kCases) {
+  for (const std::string& c : cases()) {
     const auto p = prompt_of(GetParam(), c);
     const std::string out = outputs_of(c);
     auto cache = model(GetParam()).new_cache(256);
@@ -229,7 +171,7 @@ TEST_P(Qwen2_5_VLGolden, PromptLogitsAtEveryPositionMatchTransformers) {
 
 TEST_P(Qwen2_5_VLGolden, DecodeStepsContinueWithTheRopeDelta) {
   const Reference& ref = reference(GetParam());
-  for (const std::string& c : kCases) {
+  for (const std::string& c : cases()) {
     const auto p = prompt_of(GetParam(), c);
     const std::string out = outputs_of(c);
     const Ids greedy = ref.ints(out + ".greedy");
@@ -251,7 +193,7 @@ TEST_P(Qwen2_5_VLGolden, GreedyContinuationMatchesTransformersFor32Tokens) {
   generate::SamplingOptions greedy;
   greedy.max_new_tokens = 32;
   greedy.eos_token_ids = ref.meta["generation"]["eos_token_id"].get<Ids>();
-  for (const std::string& c : kCases) {
+  for (const std::string& c : cases()) {
     const auto p = prompt_of(GetParam(), c);
     EXPECT_EQ(generate::generate(model(GetParam()), p, greedy), ref.ints(outputs_of(c) + ".greedy")) << c;
   }
@@ -312,7 +254,7 @@ bool in_top5(const Tensor<Host, float>& logits, std::int64_t id) {
 template <class Other>
 int follows_by_top5_rule(const Other& other, const std::string& variant) {
   int agreed = 0;
-  for (const std::string& c : kCases) {
+  for (const std::string& c : cases()) {
     const auto p = prompt_of(variant, c);
     auto cpu_cache = model(variant).new_cache(256);
     auto other_cache = other.new_cache(256);

@@ -1,5 +1,7 @@
-// Shared by the placement tests: the Qwen2.5-VL fixtures' prompts (through
-// tessera's own processor, as the golden tests build them) and references.
+// The Qwen2.5-VL fixtures (tests/fixtures/qwen2_5_vl) as the golden,
+// placement and planner tests read them: the case prompts built from the
+// committed images through tessera's own processor, the transformers
+// references, and the comparisons the golden tolerance uses.
 #pragma once
 
 #include <tessera/io/safetensors.hpp>
@@ -16,7 +18,7 @@
 
 #include "test_util.hpp"
 
-namespace tessera::testing::placement_fixtures {
+namespace tessera::testing::qwen2_5_vl_fixtures {
 
 namespace vl = models::qwen2_5_vl;
 namespace fs = std::filesystem;
@@ -84,4 +86,4 @@ inline double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& 
 
 inline Tensor<Host, float> row(const Tensor<Host, float>& t, std::int64_t r) { return to<Host>(t.slice(0, r, r + 1)); }
 
-}  // namespace tessera::testing::placement_fixtures
+}  // namespace tessera::testing::qwen2_5_vl_fixtures
