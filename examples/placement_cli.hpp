@@ -162,17 +162,25 @@ std::string describe_comms(const placement::Comms<P>& comms) {
   return out;
 }
 
+// f(device figures, ledger) for every device of policy P the plan has figures for.
+template <DevicePlacement P, class F>
+void for_each_planned_device(const placement::Plan& plan, F&& f) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    ((void)[&]<class D>(D*) {
+      for (const auto& d : plan.devices) {
+        if (d.device == device_key<D>()) f(d, ledger<D>());
+      }
+    }(static_cast<std::tuple_element_t<I, placement::policy_devices<P>>*>(nullptr)), ...);
+  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
+}
+
 // Sets every device's ledger budget from the plan, so an allocation past it
 // at run time is an OutOfMemory naming the device, not a crash.
 template <DevicePlacement P>
 void apply_budgets(const placement::Plan& plan) {
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    ((void)[&]<class D>(D*) {
-      for (const auto& d : plan.devices) {
-        if (d.device == device_key<D>() && d.budget) ledger<D>().set_budget(*d.budget);
-      }
-    }(static_cast<std::tuple_element_t<I, placement::policy_devices<P>>*>(nullptr)), ...);
-  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
+  for_each_planned_device<P>(plan, [](const placement::DeviceFigures& d, MemoryLedger& l) {
+    if (d.budget) l.set_budget(*d.budget);
+  });
 }
 
 // Each device's measured peak next to the plan's prediction, on stderr.
@@ -180,16 +188,11 @@ template <DevicePlacement P>
 void print_peaks_against_plan(const placement::Plan& plan) {
   std::ostringstream os;
   os << "-- measured peak vs plan\n";
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    ((void)[&]<class D>(D*) {
-      for (const auto& d : plan.devices) {
-        if (d.device != device_key<D>()) continue;
-        const std::uint64_t peak = ledger<D>().peak();
-        os << "  " << d.device << ": measured " << format_bytes(peak) << ", predicted " << format_bytes(d.peak())
-           << (peak <= d.peak() ? " (within the plan)\n" : " (OVER the plan)\n");
-      }
-    }(static_cast<std::tuple_element_t<I, placement::policy_devices<P>>*>(nullptr)), ...);
-  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
+  for_each_planned_device<P>(plan, [&](const placement::DeviceFigures& d, const MemoryLedger& l) {
+    const std::uint64_t peak = l.peak();
+    os << "  " << d.device << ": measured " << format_bytes(peak) << ", predicted " << format_bytes(d.peak())
+       << (peak <= d.peak() ? " (within the plan)\n" : " (OVER the plan)\n");
+  });
   std::cerr << os.str();
 }
 

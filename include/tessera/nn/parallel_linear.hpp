@@ -175,6 +175,20 @@ class Shards {
     }(std::make_index_sequence<size>{});
   }
 
+  // Every held shard applied to the input part of its rank, into a value of
+  // split state Out: the forward pass both parallel layers share once their
+  // input's split state has been checked.
+  template <class Out, class X>
+  Out apply(const X& x, std::string_view layer) const {
+    Out out;
+    x.for_each_local([&](auto i, const auto& part) {
+      constexpr std::size_t I = decltype(i)::value;
+      require_matrix(layer, I, part.shape());
+      out.template set<I>(shard<I>(layer).forward(part));
+    });
+    return out;
+  }
+
  private:
   std::tuple<std::optional<Linear<Ds, T>>...> shards_;
 };
@@ -257,13 +271,7 @@ class ColumnParallelLinear {
     if constexpr (problem != P::none) {
       return {};  // a gate above has failed; nothing below is instantiated
     } else {
-      Output out;
-      x.for_each_local([&](auto i, const auto& part) {
-        constexpr std::size_t I = decltype(i)::value;
-        detail::require_matrix("ColumnParallelLinear", I, part.shape());
-        out.template set<I>(shard<I>().forward(part));
-      });
-      return out;
+      return shards_.template apply<Output>(x, "ColumnParallelLinear");
     }
   }
 
@@ -389,13 +397,7 @@ class RowParallelLinear {
     if constexpr (problem != P::none) {
       return {};  // a gate above has failed; nothing below is instantiated
     } else {
-      Output out;
-      x.for_each_local([&](auto i, const auto& part) {
-        constexpr std::size_t I = decltype(i)::value;
-        detail::require_matrix("RowParallelLinear", I, part.shape());
-        out.template set<I>(shard<I>().forward(part));
-      });
-      return out;
+      return shards_.template apply<Output>(x, "RowParallelLinear");
     }
   }
 
