@@ -1,5 +1,5 @@
 // tessera/io/config.hpp — the JSON files of a Hugging Face checkpoint:
-// config.json as a typed Qwen2Config, generation_config.json as a
+// config.json as a typed DecoderConfig, generation_config.json as a
 // GenerationConfig, and the small JSON helpers that checkpoint.hpp shares
 // (reading a file, depth-limited parsing, typed field access).
 //
@@ -234,21 +234,42 @@ inline std::filesystem::path json_file_in(const std::filesystem::path& path, std
 // How a layer attends: to every earlier position, or to a sliding window.
 enum class AttentionKind : std::uint8_t { full, sliding };
 
-// The rotary embedding variant. tessera supports plain RoPE ("default") and
-// Qwen2-VL's multimodal RoPE ("mrope": the same frequencies, split into
-// temporal/height/width sections). Scaled variants (linear, dynamic, yarn,
-// longrope, llama3) are rejected when the config is read, not silently run
-// unscaled.
+// The rotary embedding variant as config.json writes it ("rope_scaling" in
+// transformers 4.x, "rope_parameters" in v5). io/ only parses: every
+// variant's parameters are kept as written, and the decoder
+// (models/decoder.hpp, Decoder::check_supported) is the one place that
+// judges which variants it runs, before any weight is loaded.
+//   "default"            plain RoPE with base theta
+//   "mrope"              Qwen2-VL's multimodal RoPE: the same frequencies in
+//                        temporal/height/width sections (mrope_section)
+//   "linear"             positions divided by factor
+//   "dynamic"            dynamic NTK: the base grows once a sequence passes
+//                        max_position_embeddings (InternLM2, Llama)
+//   "su" / "longrope"    Phi-3's LongRoPE: per-frequency short/long factors
+//                        chosen against original_max_position_embeddings,
+//                        and a magnitude scale
+//   "llama3"             Llama-3.1's wavelength-banded scaling
 struct RopeConfig {
   std::string type = "default";
   double theta = 10000.0;
   std::vector<std::int64_t> mrope_section;  // only for "mrope": head_dim / 2 split in sections
+  std::string key;                          // where it was read ("rope_scaling"), for messages; empty: absent
+  std::optional<double> factor;             // linear, dynamic, llama3 (and longrope when written)
+  std::vector<double> short_factor, long_factor;  // su / longrope: head_dim / 2 each
+  std::optional<std::int64_t> original_max_position_embeddings;  // longrope, llama3 (inside or top level)
+  std::optional<double> low_freq_factor, high_freq_factor;       // llama3
+  std::optional<double> attention_factor;                        // longrope: the magnitude scale, when written
+
+  bool is_longrope() const { return type == "su" || type == "longrope"; }
 };
 
-// The Qwen2 decoder's configuration (transformers' Qwen2Config). Field
-// defaults are transformers' for an absent key.
-struct Qwen2Config {
+// A decoder-only language model's configuration: transformers' Qwen2Config,
+// and the same keys of LlamaConfig, Phi3Config and InternLM2's remote
+// config, which the shared decoder (models/decoder.hpp) runs. Field defaults
+// are transformers' Qwen2Config's for an absent key.
+struct DecoderConfig {
   std::string model_type = "qwen2";
+  std::vector<std::string> architectures;  // "architectures": the class names, e.g. "LlamaForCausalLM"
   std::int64_t vocab_size = 151936;
   std::int64_t hidden_size = 4096;
   std::int64_t intermediate_size = 22016;
@@ -273,6 +294,14 @@ struct Qwen2Config {
   std::optional<std::int64_t> sliding_window = 4096;  // as written; see effective_sliding_window()
   std::int64_t max_window_layers = 28;
   std::vector<AttentionKind> layer_types;  // one per layer, always filled
+  // Biases beyond Qwen2's q/k/v ones, as each family spells the switch:
+  // Llama "attention_bias" (q/k/v/o) and "mlp_bias", InternLM2 "bias"
+  // (wqkv, wo). Absent: nullopt, since the defaults differ (Llama false,
+  // InternLM2 true).
+  std::optional<bool> attention_bias;
+  bool mlp_bias = false;
+  bool sliding_window_written = false;  // the key is present (Phi-3 applies it whenever it is set)
+  double partial_rotary_factor = 1.0;  // Phi-3: the rotated share of head_dim
 
   std::int64_t head_dim() const { return head_dim_override.value_or(hidden_size / num_attention_heads); }
   // transformers keeps sliding_window only when use_sliding_window is true.
@@ -283,27 +312,49 @@ struct Qwen2Config {
   // Reads the config from a parsed JSON object. `file` names the file in
   // messages; `prefix` is the object's key path ("text_config.") when the
   // Qwen2 fields sit in a nested object of a multimodal config.
-  static Qwen2Config from_json(const nlohmann::json& object, const std::string& file, const std::string& prefix = "");
+  static DecoderConfig from_json(const nlohmann::json& object, const std::string& file, const std::string& prefix = "");
   // Parses config.json text; `file` names it in messages.
-  static Qwen2Config parse(std::string_view text, const std::string& file = "config.json") {
+  static DecoderConfig parse(std::string_view text, const std::string& file = "config.json") {
     return from_json(detail::parse_json_text(text, file), file);
   }
   // Reads `path`: a config.json file or a checkpoint directory holding one.
-  static Qwen2Config load(const std::filesystem::path& path) {
+  static DecoderConfig load(const std::filesystem::path& path) {
     const auto file = detail::json_file_in(path, "config.json");
     return parse(detail::read_text_file(file, "config file"), file.string());
   }
 };
 
+// The name every Qwen2 call site has used; the struct is the shared
+// decoder's configuration.
+using Qwen2Config = DecoderConfig;
+
 namespace detail {
+
+// A list of positive numbers (LongRoPE's factors).
+inline std::vector<double> read_factors(const JsonFields& r, std::string_view key) {
+  std::vector<double> out;
+  if (!r.has_value(key)) return out;
+  const auto& list = r.raw(key);
+  if (!list.is_array()) throw r.bad(key, "must be a list of positive numbers");
+  for (const auto& e : list) {
+    if (!e.is_number() || !(e.get<double>() > 0.0) || !std::isfinite(e.get<double>())) {
+      throw r.bad(key, "must be a list of positive numbers");
+    }
+    out.push_back(e.get<double>());
+  }
+  return out;
+}
 
 // "rope_type" (new spelling) or "type" (old); absent: an error, since a
 // rope_scaling object without a type is a config we cannot interpret.
+// Every variant's parameters are read as written; which variants run is
+// the decoder's call (see RopeConfig).
 inline RopeConfig read_rope(const JsonFields& f, std::string_view key, double theta) {
   RopeConfig rope;
   rope.theta = theta;
   if (!f.has_value(key)) return rope;
   const JsonFields r(f.raw(key), f.file(), f.key_path(key) + ".");
+  rope.key = f.key_path(key);
   auto type = r.optional_string("rope_type");
   if (!type) type = r.optional_string("type");
   if (!type) throw f.error(key, "has neither \"rope_type\" nor \"type\"; tessera supports \"default\" and \"mrope\"");
@@ -325,15 +376,26 @@ inline RopeConfig read_rope(const JsonFields& f, std::string_view key, double th
     }
     return rope;
   }
-  if (*type != "default") {
-    throw f.error(key, concat("has type \"", *type,
-                              "\", which tessera does not support (supported: \"default\", \"mrope\"; the scaled "
-                              "variants linear, dynamic, yarn, longrope and llama3 are not implemented)"));
+  rope.type = *type;
+  const auto positive_number = [&](std::string_view k) -> std::optional<double> {
+    if (!r.has_value(k)) return std::nullopt;
+    const double v = r.number(k, 0.0);
+    if (!(v > 0.0) || !std::isfinite(v)) throw r.bad(k, concat("must be a positive number, but it is ", v));
+    return v;
+  };
+  rope.factor = positive_number("factor");
+  rope.low_freq_factor = positive_number("low_freq_factor");
+  rope.high_freq_factor = positive_number("high_freq_factor");
+  rope.attention_factor = positive_number("attention_factor");
+  if (r.has_value("original_max_position_embeddings")) {
+    rope.original_max_position_embeddings = r.positive("original_max_position_embeddings", 0);
   }
+  rope.short_factor = read_factors(r, "short_factor");
+  rope.long_factor = read_factors(r, "long_factor");
   return rope;
 }
 
-inline std::vector<AttentionKind> read_layer_types(const JsonFields& f, const Qwen2Config& c) {
+inline std::vector<AttentionKind> read_layer_types(const JsonFields& f, const DecoderConfig& c) {
   std::vector<AttentionKind> kinds;
   if (!f.has_value("layer_types")) {
     // transformers: sliding for layers at or past max_window_layers, when a
@@ -359,7 +421,7 @@ inline std::vector<AttentionKind> read_layer_types(const JsonFields& f, const Qw
 }
 
 // The relations between fields that transformers' modeling code relies on.
-inline void check_qwen2_shapes(const JsonFields& f, const Qwen2Config& c) {
+inline void check_decoder_shapes(const JsonFields& f, const DecoderConfig& c) {
   if (!c.head_dim_override && c.hidden_size % c.num_attention_heads != 0) {
     throw f.error("num_attention_heads", concat(c.num_attention_heads, " does not divide hidden_size ", c.hidden_size,
                                                 " (head_dim = hidden_size / num_attention_heads; no \"head_dim\" key)"));
@@ -386,11 +448,19 @@ inline void check_qwen2_shapes(const JsonFields& f, const Qwen2Config& c) {
 
 }  // namespace detail
 
-inline Qwen2Config Qwen2Config::from_json(const nlohmann::json& object, const std::string& file,
-                                          const std::string& prefix) {
+inline DecoderConfig DecoderConfig::from_json(const nlohmann::json& object, const std::string& file,
+                                              const std::string& prefix) {
   const detail::JsonFields f(object, file, prefix);
-  Qwen2Config c;
+  DecoderConfig c;
   c.model_type = f.string("model_type", c.model_type);
+  if (f.has_value("architectures")) {
+    const auto& list = f.raw("architectures");
+    if (!list.is_array()) throw f.bad("architectures", "must be a list of class names");
+    for (const auto& e : list) {
+      if (!e.is_string()) throw f.bad("architectures", "must be a list of class names");
+      c.architectures.push_back(e.get<std::string>());
+    }
+  }
   c.vocab_size = f.positive("vocab_size", c.vocab_size);
   c.hidden_size = f.positive("hidden_size", c.hidden_size);
   c.intermediate_size = f.positive("intermediate_size", c.intermediate_size);
@@ -416,6 +486,15 @@ inline Qwen2Config Qwen2Config::from_json(const nlohmann::json& object, const st
   if (!(c.rope.theta > 0.0) || !std::isfinite(c.rope.theta)) {
     throw f.error("rope_theta", detail::concat("must be a positive number, but it is ", c.rope.theta));
   }
+  // Phi-3 writes original_max_position_embeddings at the top level.
+  if (!c.rope.original_max_position_embeddings && f.has_value("original_max_position_embeddings")) {
+    c.rope.original_max_position_embeddings = f.positive("original_max_position_embeddings", 0);
+  }
+  for (const char* key : {"attention_bias", "bias"}) {
+    if (!c.attention_bias && f.has_value(key)) c.attention_bias = f.boolean(key, false);
+  }
+  c.mlp_bias = f.boolean("mlp_bias", false);
+  c.partial_rotary_factor = f.number("partial_rotary_factor", 1.0);
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", c.tie_word_embeddings);
   c.torch_dtype = f.optional_string(f.has("torch_dtype") ? "torch_dtype" : "dtype");
   c.bos_token_id = f.optional_token_id("bos_token_id");
@@ -423,6 +502,7 @@ inline Qwen2Config Qwen2Config::from_json(const nlohmann::json& object, const st
   c.pad_token_id = f.optional_token_id("pad_token_id");
   c.use_sliding_window = f.boolean("use_sliding_window", c.use_sliding_window);
   if (f.has("sliding_window")) {
+    c.sliding_window_written = true;
     c.sliding_window = f.optional_integer("sliding_window");
     if (c.sliding_window && *c.sliding_window <= 0) {
       throw f.error("sliding_window", detail::concat("must be a positive integer or null, but it is ",
@@ -434,7 +514,7 @@ inline Qwen2Config Qwen2Config::from_json(const nlohmann::json& object, const st
     throw f.error("max_window_layers", detail::concat("must be >= 0, but it is ", c.max_window_layers));
   }
   // attention_dropout, initializer_range, use_cache: training-only, ignored.
-  detail::check_qwen2_shapes(f, c);
+  detail::check_decoder_shapes(f, c);
   c.layer_types = detail::read_layer_types(f, c);
   return c;
 }
@@ -466,7 +546,7 @@ struct GenerationConfig {
   }
   // What transformers uses when a checkpoint has no generation_config.json:
   // the defaults, with the model config's special token ids.
-  static GenerationConfig from_model_config(const Qwen2Config& model) {
+  static GenerationConfig from_model_config(const DecoderConfig& model) {
     GenerationConfig g;
     g.eos_token_ids = model.eos_token_ids;
     g.bos_token_id = model.bos_token_id;
@@ -474,7 +554,7 @@ struct GenerationConfig {
     return g;
   }
   // generation_config.json from `dir` if it exists, from_model_config otherwise.
-  static GenerationConfig load_or_default(const std::filesystem::path& dir, const Qwen2Config& model) {
+  static GenerationConfig load_or_default(const std::filesystem::path& dir, const DecoderConfig& model) {
     std::error_code ec;
     if (std::filesystem::exists(dir / "generation_config.json", ec)) return load(dir / "generation_config.json");
     return from_model_config(model);

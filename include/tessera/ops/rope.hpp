@@ -30,6 +30,51 @@ struct RopeTables {
   Tensor<D, float> sin;
 };
 
+// theta^(float(2i) / rot_dim) for i < rot_dim / 2: the float32 power of
+// transformers' default RoPE (theta taken as float32, the power computed in
+// double and rounded once).
+inline float rope_power(std::int64_t i, std::int64_t rot_dim, double theta) {
+  const auto base = static_cast<double>(static_cast<float>(theta));
+  const float exponent = static_cast<float>(2 * i) / static_cast<float>(rot_dim);
+  return static_cast<float>(std::pow(base, static_cast<double>(exponent)));
+}
+
+// The default frequencies inv_freq[i] = 1 / theta^(float(2i) / rot_dim),
+// float32 as below; scaled RoPE variants start from these or from
+// rope_power (nn/rope_variants.hpp).
+inline std::vector<float> rope_inv_freq(std::int64_t rot_dim, double theta) {
+  std::vector<float> inv_freq(static_cast<std::size_t>(rot_dim / 2));
+  for (std::int64_t i = 0; i < rot_dim / 2; ++i) inv_freq[static_cast<std::size_t>(i)] = 1.0f / rope_power(i, rot_dim, theta);
+  return inv_freq;
+}
+
+// Host tables from host positions and any frequencies (a scaled RoPE
+// variant's), each entry multiplied by `scale` in float32 as transformers'
+// `emb.cos() * attention_scaling` does: cos[s, i] = cos[s, i + half] =
+// float(cos(float(p_s) * inv_freq[i])) * scale, and likewise sin. Move them
+// to a device with to<D>.
+inline RopeTables<Host> rope_tables_host(std::span<const std::int64_t> positions, std::span<const float> inv_freq,
+                                         float scale) {
+  const auto seq = static_cast<std::int64_t>(positions.size());
+  const auto half = static_cast<std::int64_t>(inv_freq.size());
+  detail::check(half > 0, "ops::rope_tables_host", "needs at least one frequency");
+  const std::int64_t rot_dim = 2 * half;
+  RopeTables<Host> tables{Tensor<Host, float>(Shape{seq, rot_dim}), Tensor<Host, float>(Shape{seq, rot_dim})};
+  float* pc = tables.cos.raw();
+  float* psn = tables.sin.raw();
+  for (std::int64_t s = 0; s < seq; ++s) {
+    const auto p = static_cast<float>(positions[static_cast<std::size_t>(s)]);
+    for (std::int64_t i = 0; i < half; ++i) {
+      const double freq = static_cast<double>(p * inv_freq[static_cast<std::size_t>(i)]);
+      const float c = static_cast<float>(std::cos(freq)) * scale;
+      const float sn = static_cast<float>(std::sin(freq)) * scale;
+      pc[s * rot_dim + i] = pc[s * rot_dim + i + half] = c;
+      psn[s * rot_dim + i] = psn[s * rot_dim + i + half] = sn;
+    }
+  }
+  return tables;
+}
+
 // Rotary tables for integer positions [S] (int32 or int64, on device D), for
 // rotary dimension rot_dim (even; the head dimension for full rotation) and
 // base theta. The float32 arithmetic of transformers' default RoPE is
@@ -61,13 +106,7 @@ RopeTables<device_of<P>> rope_tables(const P& positions, std::int64_t rot_dim, d
   RopeTables<D> tables{Tensor<D, float>(Shape{seq, rot_dim}), Tensor<D, float>(Shape{seq, rot_dim})};
   if constexpr (is_cpu_v<D>) {
     const std::int64_t half = rot_dim / 2;
-    const auto base = static_cast<double>(static_cast<float>(theta));
-    std::vector<float> inv_freq(static_cast<std::size_t>(half));
-    for (std::int64_t i = 0; i < half; ++i) {
-      const float exponent = static_cast<float>(2 * i) / static_cast<float>(rot_dim);
-      const auto power = static_cast<float>(std::pow(base, static_cast<double>(exponent)));
-      inv_freq[static_cast<std::size_t>(i)] = 1.0f / power;
-    }
+    const std::vector<float> inv_freq = rope_inv_freq(rot_dim, theta);
     const I* pos = vp.raw();
     const std::int64_t ps = vp.stride(0);
     float* pc = tables.cos.raw();
