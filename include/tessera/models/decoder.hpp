@@ -370,6 +370,8 @@ class Decoder {
   const placement::StageGroup<S<K>>& group() const noexcept {
     return std::get<K>(comms_);
   }
+  // Every stage's communicator (a pinned module loads on a stage with them).
+  const placement::Comms<Placement>& comms() const noexcept { return comms_; }
 
   // A cache for one sequence of up to `capacity` tokens.
   Cache new_cache(std::int64_t capacity) const {

@@ -47,10 +47,12 @@
 #include "../ops/elementwise.hpp"
 #include "../ops/rope.hpp"
 #include "../ops/shape.hpp"
+#include "../placement/pinned.hpp"
 #include "../placement/single.hpp"
 #include "qwen2.hpp"
 #include "qwen2_5_vl_processor.hpp"
 #include "qwen2_5_vl_vision.hpp"
+#include "scatter.hpp"
 
 namespace tessera::models {
 
@@ -242,34 +244,12 @@ inline CheckpointLayout detect_layout(const io::Checkpoint& checkpoint) {
 
 namespace qwen2_5_vl {
 
-// Writes the rows of `features` over the rows of `embeddings` whose id is
-// `placeholder`, in order (transformers' masked_scatter). Placeholders sit
-// in runs, one per item, so this is one copy per run. Both tensors must be
-// on one device: features made on the vision tower's device are moved to
-// the embeddings' with to<> first (§2.6 #2, #8, #9 are this call with the
-// devices mixed). The caller has checked that the placeholder count equals
-// features.dim(0) (check_placeholder_counts).
+// The masked scatter of image/video features (models/scatter.hpp), by its
+// Qwen2.5-VL name.
 template <Device D, FloatType T, Device F>
 void scatter_features(Tensor<D, T>& embeddings, std::span<const std::int64_t> ids, std::int64_t placeholder,
                       const Tensor<F, T>& features) {
-  static_assert(same_device<D, F>,
-                "tessera: image/video features and the text embeddings they are scattered into live on different "
-                "devices; move the features with tessera::to<Device>(features) first");
-  if constexpr (same_device<D, F>) {
-    std::int64_t used = 0;
-    const auto n = static_cast<std::int64_t>(ids.size());
-    for (std::int64_t i = 0; i < n;) {
-      if (ids[static_cast<std::size_t>(i)] != placeholder) {
-        ++i;
-        continue;
-      }
-      std::int64_t end = i;
-      while (end < n && ids[static_cast<std::size_t>(end)] == placeholder) ++end;
-      ops::copy_into(embeddings.view().slice(0, i, end), features.view().slice(0, used, used + (end - i)));
-      used += end - i;
-      i = end;
-    }
-  }
+  scatter_rows(embeddings, ids, placeholder, features);
 }
 
 }  // namespace qwen2_5_vl
@@ -282,11 +262,6 @@ void scatter_features(Tensor<D, T>& embeddings, std::span<const std::int64_t> id
 // device_type, where the ids enter.
 template <DevicePlacement Placement, FloatType T = bf16>
 class Qwen2_5_VL {
-  static constexpr std::size_t N = stage_count<Placement>;
-  template <std::size_t K>
-  using S = stage_at<Placement, K>;
-  template <std::size_t K, std::size_t R>
-  using Dev = placement::stage_device<S<K>, R>;
   template <class D>
   using Tower = qwen2_5_vl::VisionTower<D, T>;
   using Features = placement::AnyPolicyTensor<Placement, T>;
@@ -321,16 +296,13 @@ class Qwen2_5_VL {
              placement::Comms<Placement> comms = {})
       : config_(std::move(config)),
         layout_(qwen2_5_vl::detect_layout(checkpoint)),
-        text_(config_.text, checkpoint, layout_.text, layout_.lm_head, std::move(placement), std::move(comms)) {
-    with_stage_index<N>(text_.placement().vision_stage, [&]<std::size_t V>() {
-      const std::size_t first = placement::first_local_rank<S<V>>(text_.template group<V>());
-      placement::for_local_ranks<S<V>>(text_.template group<V>(), [&]<std::size_t R>() {
-        if (R != first) return;
-        vision_.template emplace<placement::policy_device_index<Placement, V, R>() + 1>(
-            Tower<Dev<V, R>>::load(checkpoint, layout_.vision, config_.vision));
-      });
-    });
-  }
+        text_(config_.text, qwen2_weights(), checkpoint, layout_.text, layout_.lm_head, std::move(placement),
+              std::move(comms)),
+        vision_(placement::Pinned<Placement, Tower>::load(text_.placement().vision_stage, text_.comms(),
+                                                          [&]<Device D>() {
+                                                            return Tower<D>::load(checkpoint, layout_.vision,
+                                                                                  config_.vision);
+                                                          })) {}
 
   const Config& config() const noexcept { return config_; }
   const qwen2_5_vl::CheckpointLayout& layout() const noexcept { return layout_; }
@@ -375,19 +347,8 @@ class Qwen2_5_VL {
     // On each device of the embedding stage: the features, moved there with
     // to<>, over the placeholder rows.
     const auto edit = [&](auto& embeddings) {
-      using D = device_of<std::remove_cvref_t<decltype(embeddings)>>;
-      const auto write = [&](const std::optional<Features>& feats, std::int64_t placeholder) {
-        if (!feats) return;
-        std::visit([&](const auto& f) {
-          if constexpr (std::is_same_v<std::remove_cvref_t<decltype(f)>, Tensor<D, T>>) {
-            qwen2_5_vl::scatter_features(embeddings, prompt.ids, placeholder, f);
-          } else {
-            qwen2_5_vl::scatter_features(embeddings, prompt.ids, placeholder, to<D>(f));
-          }
-        }, *feats);
-      };
-      write(images, config_.tokens.image);
-      write(videos, config_.tokens.video);
+      if (images) scatter_rows(embeddings, prompt.ids, config_.tokens.image, *images);
+      if (videos) scatter_rows(embeddings, prompt.ids, config_.tokens.video, *videos);
     };
     Tensor<device_type, T> logits = text_.forward_edited(prompt.ids, index.positions, cache.kv, edit);
     cache.rope_delta = index.rope_delta;
@@ -429,35 +390,20 @@ class Qwen2_5_VL {
     for (const auto& item : items) rows.push_back(item.pixel_values.view());
     const Tensor<Host, float> pixels = ops::concat(std::span<const TensorView<Host, const float>>(rows), 0);
     const std::vector<qwen2_5_vl::GridTHW> grids = grids_of(items);
-    std::optional<Features> out;
-    run_on_tower([&]<std::size_t I>(const auto& tower) {
-      using D = device_of<std::variant_alternative_t<I, Features>>;
+    return vision_.template run<T>([&]<Device D>(const Tower<D>& tower) {
       Tensor<D, float> on_device = to<D>(pixels);
-      Tensor<D, T> input = [&] {
-        if constexpr (std::same_as<T, float>) {
-          return std::move(on_device);
-        } else {
-          return ops::cast<T>(on_device);
-        }
-      }();
-      out.emplace(std::in_place_index<I>, tower.forward(input, grids));
+      if constexpr (std::same_as<T, float>) {
+        return tower.forward(on_device, grids);
+      } else {
+        return tower.forward(ops::cast<T>(on_device), grids);
+      }
     });
-    return std::move(*out);
-  }
-
-  // f.template operator()<I>(tower) with the loaded tower and I its index in
-  // policy_devices<Placement>.
-  template <class F>
-  void run_on_tower(F&& f) const {
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (void)((vision_.index() == I + 1 ? (f.template operator()<I>(std::get<I + 1>(vision_)), true) : false) || ...);
-    }(std::make_index_sequence<std::variant_size_v<Features>>{});
   }
 
   Config config_;
   qwen2_5_vl::CheckpointLayout layout_;
   LanguageModel text_;
-  placement::PolicyVariant<Placement, Tower> vision_;
+  placement::Pinned<Placement, Tower> vision_;
 };
 
 }  // namespace tessera::models

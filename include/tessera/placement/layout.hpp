@@ -42,23 +42,23 @@ struct Layout {
   // layers on `stages` stages with layers in stage order.
   void check(std::int64_t layers, std::size_t stages, const std::string& model) const {
     const auto fail = [&](const std::string& what) {
-      throw PlanError(detail::concat(model, ": invalid placement layout: ", what));
+      throw PlanError(tessera::detail::concat(model, ": invalid placement layout: ", what));
     };
     if (layer_stage.size() != static_cast<std::size_t>(layers)) {
-      fail(detail::concat("it places ", layer_stage.size(), " decoder layers but the model has ", layers));
+      fail(tessera::detail::concat("it places ", layer_stage.size(), " decoder layers but the model has ", layers));
     }
     for (std::size_t l = 0; l < layer_stage.size(); ++l) {
       if (layer_stage[l] >= stages) {
-        fail(detail::concat("layer ", l, " is on stage ", layer_stage[l], " but the policy has ", stages, " stage(s)"));
+        fail(tessera::detail::concat("layer ", l, " is on stage ", layer_stage[l], " but the policy has ", stages, " stage(s)"));
       }
       if (l > 0 && layer_stage[l] < layer_stage[l - 1]) {
-        fail(detail::concat("layer ", l, " is on stage ", layer_stage[l], " after layer ", l - 1, " on stage ",
+        fail(tessera::detail::concat("layer ", l, " is on stage ", layer_stage[l], " after layer ", l - 1, " on stage ",
                             layer_stage[l - 1], "; stages must hold consecutive runs of layers in order"));
       }
     }
     for (const auto& [what, stage] : {std::pair{"embeddings", embed_stage}, std::pair{"vision tower", vision_stage},
                                       std::pair{"final norm and lm_head", head_stage}}) {
-      if (stage >= stages) fail(detail::concat("the ", what, " are pinned to stage ", stage, " of ", stages));
+      if (stage >= stages) fail(tessera::detail::concat("the ", what, " are pinned to stage ", stage, " of ", stages));
     }
   }
 };
