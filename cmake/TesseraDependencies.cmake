@@ -96,5 +96,17 @@ if(NOT TARGET tessera::utf8proc)
   endif()
 endif()
 
-# stb_image (image file decoding) is vendored in include/tessera/third_party:
-# Debian 12's libstb-dev (2.27) has JPEG decoder bugs fixed upstream since.
+# stb_image (PNG, BMP and GIF decoding) is vendored in include/tessera/third_party:
+# Debian 12's libstb-dev (2.27) has decoder bugs fixed upstream since.
+
+# libjpeg-turbo decodes JPEG files (io/image.hpp) with Pillow's settings, so
+# the pixels equal Pillow's; CMake's FindJPEG finds it (Debian ships no CMake
+# package, only the library and headers). io/image.hpp refuses a libjpeg
+# that is not libjpeg-turbo at compile time.
+if(NOT TARGET JPEG::JPEG)
+  find_package(JPEG QUIET)
+  if(NOT TARGET JPEG::JPEG)
+    message(FATAL_ERROR "tessera needs libjpeg-turbo (JPEG decoding, io/image.hpp) and did not find it. "
+                        "On Debian/Ubuntu: apt-get install libjpeg62-turbo-dev")
+  endif()
+endif()
