@@ -23,8 +23,11 @@
 // program that runs all four instantiates one model per placement.
 //
 // RoPE state. LongRoPE chooses short or long factors per forward call from
-// the largest position + 1 (transformers: max(position_ids) + 1), so keys
-// cached during short calls keep the short rotation, as in the reference.
+// the largest position + 1 (transformers: max(position_ids) + 1). When a
+// decode first passes original_max_position_embeddings, the sequence runs
+// again from its first token with the long factors, as Phi3ForCausalLM's
+// generate does (it drops its cache there); InternVL2-4B's generate keeps
+// the short-rotated keys instead (set_longrope_crossing(keep_cache)).
 // Dynamic NTK recomputes the base whenever the sequence grows past the
 // longest length seen so far, once past max_position_embeddings, and never
 // goes back (InternLM2's rotary cache is "sticky"); the longest length is
@@ -268,6 +271,8 @@ class Decoder {
     void clear() noexcept {
       length_ = 0;
       for_each_kv([](auto& kv) { kv.clear(); });
+      history_.clear();
+      rope_long_ = edited_ = false;
     }
     void reserve_tokens(std::int64_t count) const {
       if (length_ + count > capacity_) {
@@ -294,6 +299,11 @@ class Decoder {
     // The longest the sequence has been (dynamic NTK's rotary state; kept
     // across clear(), as the reference never resets it).
     std::int64_t rope_length_ = 0;
+    // LongRoPE: the ids seen so far, whether the cached keys carry the long
+    // factors, and whether embeddings were edited (a multimodal prompt,
+    // which cannot be replayed from ids).
+    std::vector<std::int64_t> history_;
+    bool rope_long_ = false, edited_ = false;
   };
 
   // Loads a Hugging Face checkpoint directory (config.json and
@@ -359,6 +369,18 @@ class Decoder {
     progress.finish();
   }
 
+  // What a decode does when it first takes a sequence past LongRoPE's
+  // original_max_position_embeddings (nothing to decide for other RoPE
+  // variants). transformers has two answers and tessera follows either:
+  //   rerun       run the sequence again from its first token, all keys
+  //               with the long factors (Phi3ForCausalLM.generate, which
+  //               drops its cache there); the default
+  //   keep_cache  keep decoding on the cache, whose earlier keys stay
+  //               rotated with the short factors (InternVL2-4B's generate)
+  enum class LongRopeCrossing : std::uint8_t { rerun, keep_cache };
+  void set_longrope_crossing(LongRopeCrossing c) noexcept { longrope_crossing_ = c; }
+  LongRopeCrossing longrope_crossing() const noexcept { return longrope_crossing_; }
+
   DecoderFamily family() const noexcept { return weights_.family; }
   // "Qwen2", "Llama", "Phi-3", "InternLM2": how messages name the model.
   std::string_view name() const noexcept { return family_name(weights_.family); }
@@ -414,7 +436,26 @@ class Decoder {
       throw ValueError(detail::concat(name(), "::forward_batch: ", sequences.size(), " sequences but ", caches.size(),
                                       " caches; pass one cache per sequence"));
     }
-    const Segments seg = segments_of(sequences, caches);
+    // LongRoPE past its original maximum: sequences whose cached keys carry
+    // the short factors run again from their first token (as transformers'
+    // Phi-3 generate drops its cache there), and only their new rows are
+    // returned.
+    std::vector<std::vector<std::int64_t>> replays(sequences.size());
+    std::vector<std::span<const std::int64_t>> effective(sequences.begin(), sequences.end());
+    std::vector<std::int64_t> replayed(sequences.size(), 0);
+    for (std::size_t s = 0; s < sequences.size(); ++s) {
+      if (!needs_replay(sequences, caches, s)) continue;
+      Cache& c = *caches[s];
+      replays[s] = c.history_;
+      replays[s].insert(replays[s].end(), sequences[s].begin(), sequences[s].end());
+      replayed[s] = static_cast<std::int64_t>(c.history_.size());
+      c.length_ = 0;
+      c.for_each_kv([](auto& kv) { kv.clear(); });
+      c.history_.clear();
+      effective[s] = replays[s];
+    }
+    Segments seg = segments_of(effective, caches);
+    seg.replayed = std::move(replayed);
     return run(seg, seg.positions, caches, [](auto&) {});
   }
 
@@ -436,6 +477,16 @@ class Decoder {
                                       n, "] or [3, ", n, "] for ", n, " ids"));
     }
     cache.reserve_tokens(n);
+    if (config_.rope.is_longrope() && longrope_crossing_ == LongRopeCrossing::rerun && cache.length() > 0 &&
+        !cache.rope_long_ &&
+        cache.length() + n > *config_.rope.original_max_position_embeddings) {
+      throw ValueError(detail::concat(name(), "::forward_edited: these ", n, " tokens take the sequence past "
+                                      "original_max_position_embeddings ", *config_.rope.original_max_position_embeddings,
+                                      ", where LongRoPE switches to its long factors and the sequence must be run "
+                                      "again from its first token, which edited embeddings cannot be; run the "
+                                      "prompt in one call"));
+    }
+    cache.edited_ = true;
     Segments seg;
     seg.starts = {0};
     seg.lengths = {n};
@@ -482,7 +533,32 @@ class Decoder {
   struct Segments {
     std::vector<std::int64_t> starts, lengths;
     Tensor<Host, std::int64_t> ids, positions;
+    std::vector<std::int64_t> replayed;  // leading rows of each sequence run again, not returned
   };
+
+  // Whether sequence s must run again from its first token: LongRoPE, a
+  // call that passes original_max_position_embeddings, and keys cached
+  // with the short factors.
+  bool needs_replay(std::span<const std::span<const std::int64_t>> sequences, std::span<Cache* const> caches,
+                    std::size_t s) const {
+    if (!config_.rope.is_longrope() || longrope_crossing_ == LongRopeCrossing::keep_cache ||
+        caches[s]->length() == 0 || caches[s]->rope_long_) {
+      return false;
+    }
+    std::int64_t length = 0;
+    for (std::size_t i = 0; i < sequences.size(); ++i) {
+      length = std::max(length, caches[i]->length() + static_cast<std::int64_t>(sequences[i].size()));
+    }
+    if (length <= *config_.rope.original_max_position_embeddings) return false;
+    if (caches[s]->edited_) {
+      throw ValueError(detail::concat(name(), ": a sequence that began with edited embeddings (a multimodal "
+                                      "prompt) passes original_max_position_embeddings ",
+                                      *config_.rope.original_max_position_embeddings,
+                                      " here, where LongRoPE must run it again from its first token; give a prompt "
+                                      "that starts past that length or keep the sequence below it"));
+    }
+    return true;
+  }
 
   static placement::Layout default_layout(std::int64_t layers) {
     return N == 1 ? placement::Layout::single(layers) : placement::Layout::even(layers, N);
@@ -562,6 +638,12 @@ class Decoder {
     std::optional<nn::RopeFrequencies> scaled;
   };
 
+  static std::int64_t max_position(const Tensor<Host, std::int64_t>& positions) {
+    std::int64_t m = -1;
+    for (const std::int64_t p : positions.span()) m = std::max(m, p);
+    return m;
+  }
+
   // The frequencies of a scaled RoPE variant for this call: LongRoPE from
   // the largest position + 1; dynamic NTK from the longest each sequence
   // has been (remembered in its cache, never reset); plain RoPE needs none.
@@ -615,17 +697,26 @@ class Decoder {
       });
       return run_from<E, 0>(std::move(embedded), seg, rotary, caches);
     });
+    const bool long_rope = rotary.scaled && config_.rope.is_longrope() &&
+                           max_position(positions) + 1 > *config_.rope.original_max_position_embeddings;
     for (std::size_t s = 0; s < caches.size(); ++s) {
-      caches[s]->for_each_kv([&](auto& kv) { kv.advance(seg.lengths[s]); });
-      caches[s]->length_ += seg.lengths[s];
+      Cache& c = *caches[s];
+      c.for_each_kv([&](auto& kv) { kv.advance(seg.lengths[s]); });
+      c.length_ += seg.lengths[s];
+      if (config_.rope.is_longrope()) {
+        const std::int64_t* ids = seg.ids.raw() + seg.starts[s];
+        c.history_.insert(c.history_.end(), ids, ids + seg.lengths[s]);
+        c.rope_long_ = long_rope;
+      }
     }
+    const auto replayed = [&](std::size_t s) { return seg.replayed.empty() ? std::int64_t{0} : seg.replayed[s]; };
     std::vector<Tensor<device_type, T>> out;
-    if (caches.size() == 1) {  // one sequence: its logits are all of them
+    if (caches.size() == 1 && replayed(0) == 0) {  // one sequence: its logits are all of them
       out.push_back(std::move(logits));
       return out;
     }
     for (std::size_t s = 0; s < caches.size(); ++s) {
-      out.push_back(ops::slice(logits, 0, seg.starts[s], seg.starts[s] + seg.lengths[s]));
+      out.push_back(ops::slice(logits, 0, seg.starts[s] + replayed(s), seg.starts[s] + seg.lengths[s]));
     }
     return out;
   }
@@ -915,6 +1006,7 @@ class Decoder {
 
   io::DecoderConfig config_;
   DecoderWeights weights_;
+  LongRopeCrossing longrope_crossing_ = LongRopeCrossing::rerun;
   placement::Layout layout_;
   placement::Comms<Placement> comms_;
   typename decoder_detail::stage_parts_of<stages_of<Placement>, T>::parts parts_;
