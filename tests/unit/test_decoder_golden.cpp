@@ -63,17 +63,6 @@ std::string regime(const Reference& ref, const std::string& prompt) {
   return p.contains("rope_regime") ? " (" + p["rope_regime"].get<std::string>() + ")" : std::string();
 }
 
-// How many of a prompt's 32 greedy steps the generic tests compare: all of
-// them, except for the phi3 prompts whose decode crosses
-// original_max_position_embeddings, where transformers' two generate()
-// paths differ from the crossing on (reference.json prompts.NAME.plain_cache);
-// the DecoderRope tests below check each path on its own.
-std::size_t common_steps(const Reference& ref, const std::string& prompt, std::size_t all) {
-  const auto& p = ref.meta["prompts"][prompt];
-  if (!p.contains("plain_cache")) return all;
-  return p["decode_vs_recompute"]["first_step_past_threshold"].get<std::size_t>();
-}
-
 class DecoderGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DecoderGolden, ConfigJsonNamesTheFamilyAndShapes) {
@@ -131,19 +120,18 @@ void expect_greedy_decode(const Model& m, const Ids& ids, const Ids& tokens, con
 }
 
 // The tokens equal generate()'s and the stored steps' logits match. For the
-// internlm2 prompt that crosses max_position_embeddings during the decode,
-// the stored steps include the crossing (reference.json
-// prompts.NAME.decode_vs_recompute: transformers' dynamic NTK rotates each
-// call's new tokens with the base of its total length, and cached keys keep
-// theirs); for phi3 see DecoderRope below.
+// prompts whose decode crosses phi3's original_max_position_embeddings or
+// internlm2's max_position_embeddings, the stored steps include the crossing
+// (reference.json prompts.NAME.decode_vs_recompute; DecoderRope below names
+// each rule).
 TEST_P(DecoderGolden, GreedyDecodeStepsMatchTransformersFor32Tokens) {
   const Reference& ref = reference(GetParam());
   const Model& m = model(GetParam());
   for (const std::string& prompt : ref.prompts()) {
     const Ids expected = ref.ints("prompt." + prompt + ".greedy.tokens");
     expect_greedy_decode(m, ref.ints("prompt." + prompt + ".input_ids"), expected,
-                         ref.floats("prompt." + prompt + ".greedy.logits"),
-                         common_steps(ref, prompt, expected.size()), GetParam() + " prompt " + prompt + regime(ref, prompt));
+                         ref.floats("prompt." + prompt + ".greedy.logits"), expected.size(),
+                         GetParam() + " prompt " + prompt + regime(ref, prompt));
   }
 }
 
@@ -156,10 +144,8 @@ TEST_P(DecoderGolden, GenerateLoopGivesTransformersGreedyTokens) {
   options.eos_token_ids = ref.eos_token_ids();
   for (const std::string& prompt : ref.prompts()) {
     const Ids ids = ref.ints("prompt." + prompt + ".input_ids");
-    const Ids expected = ref.ints("prompt." + prompt + ".greedy.tokens");
-    options.max_new_tokens = static_cast<std::int64_t>(common_steps(ref, prompt, expected.size()));
     EXPECT_EQ(generate::generate(model(GetParam()), std::span<const std::int64_t>(ids), options),
-              Ids(expected.begin(), expected.begin() + options.max_new_tokens))
+              ref.ints("prompt." + prompt + ".greedy.tokens"))
         << GetParam() << " prompt " << prompt << regime(ref, prompt);
   }
 }
@@ -262,10 +248,12 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, DecoderGolden, ::testing::ValuesIn(fx::names(
 //   remote code keep decoding on the cache, whose keys stay rotated with the
 //   short factors.
 //
-// The fixture keeps both (greedy.* and plain_cache.*); a decoder that runs
-// Phi-3 for InternVL2 and standalone needs to say which it does where.
+// The fixture keeps both (greedy.* and plain_cache.*); the decoder follows
+// the first by default (LongRopeCrossing::rerun) and the second with
+// set_longrope_crossing(keep_cache).
 TEST(DecoderRope, Phi3PastTheOriginalLengthDuringTheDecodeLikePhi3ForCausalLMGenerate) {
   const Reference& ref = reference("phi3");
+  ASSERT_EQ(model("phi3").longrope_crossing(), Model::LongRopeCrossing::rerun) << "the default";
   for (const std::string prompt : {"below", "short"}) {
     expect_greedy_decode(model("phi3"), ref.ints("prompt." + prompt + ".input_ids"),
                          ref.ints("prompt." + prompt + ".greedy.tokens"),
@@ -278,11 +266,16 @@ TEST(DecoderRope, Phi3PastTheOriginalLengthDuringTheDecodeLikePhi3ForCausalLMGen
 
 TEST(DecoderRope, Phi3PastTheOriginalLengthDuringTheDecodeLikeInternVLGenerate) {
   const Reference& ref = reference("phi3");
+  static const Model keep_cache = [] {
+    Model m = Model::load(fx::dir("phi3"));
+    m.set_longrope_crossing(Model::LongRopeCrossing::keep_cache);
+    return m;
+  }();
   for (const std::string prompt : {"below", "short"}) {
     const std::string name = "prompt." + prompt + ".plain_cache.";
     const auto logits = ref.has(name + "logits") ? ref.floats(name + "logits")
                                                  : Tensor<Host, float>(Shape{0, ref.meta["model"]["vocab_size"].get<std::int64_t>()});
-    expect_greedy_decode(model("phi3"), ref.ints("prompt." + prompt + ".input_ids"), ref.ints(name + "tokens"), logits,
+    expect_greedy_decode(keep_cache, ref.ints("prompt." + prompt + ".input_ids"), ref.ints(name + "tokens"), logits,
                          32,
                          "phi3 prompt " + prompt + regime(ref, prompt) +
                              ": InternVL's generate() keeps the short-rotated keys in the cache");
