@@ -21,6 +21,7 @@
 #include <tessera/generate/sampling.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
 #include <tessera/nn/parallel_linear.hpp>
+#include <tessera/placement/pinned.hpp>
 #include <tessera/ops/rope.hpp>
 #include <tessera/placement/split.hpp>
 
@@ -192,6 +193,37 @@ auto f(const comm::Group<Cpu<0>, Cpu<1>>& stage0, const comm::Group<Cpu<2>, Cpu<
 #else
   (void)stage0;
   return stage1.all_reduce(std::move(p));
+#endif
+}
+
+#elif defined(TESSERA_CASE_placement_scatter_rows_other_device)
+// The generic masked scatter every VLM family calls (models/scatter.hpp):
+// InternVL's <IMG_CONTEXT> rows and MiniCPM-V's <unk> rows with the vision
+// stack on one GPU and the embeddings on another (§2.6 #8, #9).
+// expect: image/video features and the text embeddings they are scattered into live on different devices
+// expect: move the features with tessera::to<Device>\(features\) first
+void f(Tensor<Cuda<0>, bf16>& embeddings, std::span<const std::int64_t> ids, const Tensor<Cuda<2>, bf16>& features) {
+#ifdef TESSERA_EXPECT_FAIL
+  models::scatter_rows(embeddings, ids, 92546, features);
+#else
+  models::scatter_rows(embeddings, ids, 92546, to<Cuda<0>>(features));
+#endif
+}
+
+#elif defined(TESSERA_CASE_placement_pinned_module_returns_other_device)
+// A pinned vision stack must hand back its output where it ran; moving it
+// is the caller's explicit to<> afterwards (or scatter_rows's), never a
+// silent hop inside run().
+// expect: a pinned module's run\(\) must return a tensor on the module's own device
+template <class D>
+struct Stack {
+  Tensor<D, float> forward() const { return Tensor<D, float>(Shape{1}); }
+};
+void f(const placement::Pinned<Pipeline<Cpu<0>, Cpu<1>>, Stack>& pinned) {
+#ifdef TESSERA_EXPECT_FAIL
+  (void)pinned.run<float>([&]<Device D>(const Stack<D>& s) { return to<Cpu<1>>(s.forward()); });
+#else
+  (void)pinned.run<float>([&]<Device D>(const Stack<D>& s) { return s.forward(); });
 #endif
 }
 

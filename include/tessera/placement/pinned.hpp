@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <variant>
 
@@ -68,7 +69,14 @@ class Pinned {
   template <std::size_t I, FloatType T, class F>
   void run_at(F& f, std::optional<AnyPolicyTensor<P, T>>& out) const {
     using D = device_of<std::variant_alternative_t<I, AnyPolicyTensor<P, T>>>;
-    out.emplace(std::in_place_index<I>, f.template operator()<D>(std::get<I + 1>(held_)));
+    using Result = std::remove_cvref_t<decltype(f.template operator()<D>(std::get<I + 1>(held_)))>;
+    static_assert(std::is_same_v<Result, Tensor<D, T>>,
+                  "tessera: a pinned module's run() must return a tensor on the module's own device (the D it is "
+                  "called with) in the element type run<T> names; move the result afterwards with "
+                  "tessera::to<Device>(t) or models::scatter_rows");
+    if constexpr (std::is_same_v<Result, Tensor<D, T>>) {
+      out.emplace(std::in_place_index<I>, f.template operator()<D>(std::get<I + 1>(held_)));
+    }
   }
 
   PolicyVariant<P, Module> held_;
