@@ -31,8 +31,8 @@
 #include <string_view>
 #include <vector>
 
-#include "../ops/cuda/launch.hpp"
 #include "cuda_error.hpp"
+#include "cuda_launch.hpp"
 #include "device.hpp"
 #include "error.hpp"
 #include "memory.hpp"

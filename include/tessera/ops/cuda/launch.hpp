@@ -1,53 +1,8 @@
-// tessera/ops/cuda/launch.hpp — what an op header hands a CUDA launcher.
-// Plain C++ (no CUDA headers), so every op header can declare its launchers
-// whether or not this build has CUDA: the stream and cuBLASLt handle are the
-// same opaque pointer types CUDA itself declares. Launchers are never
-// templated on the device: the op header resolves Cuda<N> to this context and
-// sets the physical device (DeviceGuard) before calling one.
+// tessera/ops/cuda/launch.hpp — what an op header hands a CUDA launcher:
+// LaunchContext, StridedLayout and strided_layout(). They are core runtime
+// types and live in core/cuda_launch.hpp (core/ includes nothing above it,
+// docs/architecture.md § The layers); this header keeps the launchers'
+// includes short.
 #pragma once
 
-#include <cstddef>
-#include <cstdint>
-
-#include "../../core/shape.hpp"
-
-struct CUstream_st;      // cudaStream_t is CUstream_st*
-struct cublasLtContext;  // cublasLtHandle_t is cublasLtContext*
-
-namespace tessera::cuda {
-
-using StreamHandle = CUstream_st*;
-using BlasLtHandle = cublasLtContext*;
-
-// Everything a launcher may use of its logical device. The workspace is the
-// device's cuBLASLt scratch; it is only ever used on `stream`.
-struct LaunchContext {
-  StreamHandle stream = nullptr;
-  BlasLtHandle blas_lt = nullptr;
-  void* workspace = nullptr;
-  std::size_t workspace_bytes = 0;
-  int physical_device = 0;
-  int sm_count = 0;
-  int compute_capability = 0;  // major * 10 + minor, e.g. 90 for an H100
-};
-
-// The shape and element strides of a (possibly strided or broadcast) operand,
-// passed to kernels by value. Rank <= 8, as tessera::Shape.
-struct StridedLayout {
-  int rank = 0;
-  std::int64_t shape[8] = {};
-  std::int64_t strides[8] = {};
-};
-
-// A tessera shape and element strides as the POD the kernels take.
-inline StridedLayout strided_layout(const Shape& shape, const Strides& strides) {
-  StridedLayout l;
-  l.rank = shape.rank();
-  for (int d = 0; d < shape.rank(); ++d) {
-    l.shape[d] = shape[d];
-    l.strides[d] = strides[static_cast<std::size_t>(d)];
-  }
-  return l;
-}
-
-}  // namespace tessera::cuda
+#include "../../core/cuda_launch.hpp"
