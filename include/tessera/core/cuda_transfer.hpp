@@ -24,9 +24,9 @@
 #include <set>
 #include <utility>
 
-#include "../ops/cuda/shape.cuh"
 #include "copy_strided.hpp"
 #include "cuda.hpp"
+#include "cuda_copy_strided.hpp"
 #include "tensor.hpp"
 
 namespace tessera::cuda::detail {

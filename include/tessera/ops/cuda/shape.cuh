@@ -1,50 +1,15 @@
 // tessera/ops/cuda/shape.cuh — the one data-movement kernel behind every
 // materialising shape op on CUDA (contiguous, to<> of a strided view,
 // concat, slice, transpose, permute): an element-wise copy between two
-// strided layouts of the same shape, for any element size.
+// strided layouts of the same shape, for any element size. The launcher
+// launch_copy_strided and its host-side entry copy_strided are declared in
+// core/cuda_copy_strided.hpp (the transfers in core/ use them too); the
+// kernel and the launcher's definition are here, instantiated per element
+// size in src/cuda/shape.cu.
 #pragma once
 
-#include <cstddef>
-#include <cstdint>
-
+#include "../../core/cuda_copy_strided.hpp"
 #include "launch.hpp"
-
-namespace tessera::cuda {
-
-// dst[i] = src[i] for every element of the shared shape, where i is read
-// through each side's strides (in elements). E is an unsigned integer of the
-// element's size (std::uint16_t for bf16/f16, ...): the copy moves bits.
-// Both layouts must have the same shape; dst and src must not overlap.
-template <class E>
-void launch_copy_strided(const LaunchContext& ctx, E* dst, const StridedLayout& dst_layout, const E* src,
-                         const StridedLayout& src_layout);
-
-// Same-sized unsigned integer for an element type, for launch_copy_strided.
-template <std::size_t Bytes>
-struct bits_of;
-template <>
-struct bits_of<1> { using type = std::uint8_t; };
-template <>
-struct bits_of<2> { using type = std::uint16_t; };
-template <>
-struct bits_of<4> { using type = std::uint32_t; };
-template <>
-struct bits_of<8> { using type = std::uint64_t; };
-template <class T>
-using bits_t = typename bits_of<sizeof(T)>::type;
-
-// Copies `shape`-shaped elements of any dtype between two strided layouts of
-// device memory on ctx's stream: what contiguous(), to<> of a strided device
-// view and the materialising shape ops all run.
-template <class T>
-void copy_strided(const LaunchContext& ctx, T* dst, const Strides& dst_strides, const T* src,
-                  const Strides& src_strides, const Shape& shape) {
-  using E = bits_t<T>;
-  launch_copy_strided<E>(ctx, reinterpret_cast<E*>(dst), strided_layout(shape, dst_strides),
-                         reinterpret_cast<const E*>(src), strided_layout(shape, src_strides));
-}
-
-}  // namespace tessera::cuda
 
 #if defined(__CUDACC__)
 #include "common.cuh"
