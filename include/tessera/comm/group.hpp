@@ -24,11 +24,11 @@
 #include <tuple>
 #include <utility>
 
+#include "../core/distributed.hpp"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "../core/transfer.hpp"
 #include "../ops/elementwise.hpp"
-#include "../placement/split.hpp"
 
 namespace tessera::comm {
 

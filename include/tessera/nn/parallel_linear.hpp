@@ -1,6 +1,6 @@
 // tessera/nn/parallel_linear.hpp — Megatron-style tensor-parallel linears
 // over a group of devices Ds..., with the split state of every value in its
-// type (placement/split.hpp):
+// type (core/distributed.hpp):
 //
 //   ColumnParallelLinear<T, Ds...>   weight [out, in] split by rows (output
 //                                    features): rank r holds rows
@@ -43,9 +43,10 @@
 #include <utility>
 
 #include "../comm/group.hpp"
+#include "../core/distributed.hpp"
 #include "../core/error.hpp"
 #include "../io/checkpoint.hpp"
-#include "../placement/split.hpp"
+#include "../placement/policy.hpp"  // detail::all_distinct
 #include "linear.hpp"
 
 namespace tessera::nn {
