@@ -108,11 +108,9 @@ vl::ImageProcessorConfig processor_config(const Options& o, const vl::VisionConf
   vl::ImageProcessorConfig cfg;
   std::error_code ec;
   if (fs::exists(file, ec)) {
-    try {
-      cfg = vl::ImageProcessorConfig::load(file);
-    } catch (const ValueError& e) {
-      throw UsageError(detail::concat(file.string(), ": ", reason(e)));
-    }
+    // A FormatError names the file and key (IoError: unreadable); main_guard
+    // reports both as a bad input file, as it does for config.json.
+    cfg = vl::ImageProcessorConfig::load(file);
   } else {
     std::cerr << "note: " << file.string() << " does not exist; using Qwen2.5-VL's published preprocessing\n";
   }

@@ -127,7 +127,13 @@ TEST(Qwen25VLProcessor, ConfigFromPublishedJson) {
       nlohmann::json::parse(R"({"size": {"shortest_edge": 100, "longest_edge": 5000}, "max_pixels": 7000})"));
   EXPECT_EQ(v5.min_pixels, 100);
   EXPECT_EQ(v5.max_pixels, 7000);
-  EXPECT_THROW(vl::ImageProcessorConfig::from_json(nlohmann::json::parse(R"({"image_mean": [0.5, 0.5]})")), ValueError);
+  // Errors are FormatErrors naming the file and the key, like every JSON reader's.
+  expect_error<FormatError>(
+      [] { (void)vl::ImageProcessorConfig::from_json(nlohmann::json::parse(R"({"image_mean": [0.5, 0.5]})"), "p.json"); },
+      {"'p.json'", "\"image_mean\"", "3 numbers"});
+  expect_error<FormatError>(
+      [] { (void)vl::ImageProcessorConfig::from_json(nlohmann::json::parse(R"({"size": {"longest_edge": -4}})"), "p.json"); },
+      {"'p.json'", "\"size.longest_edge\"", "positive"});
 }
 
 // ---- resize --------------------------------------------------------------------
