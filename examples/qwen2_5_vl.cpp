@@ -26,6 +26,7 @@
 #include "placement_cli.hpp"
 #include <tessera/io/checkpoint.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
+#include <tessera/models/qwen2_5_vl_description.hpp>
 #include <tessera/models/qwen2_5_vl_processor.hpp>
 
 namespace {

@@ -27,9 +27,6 @@ set(ruled_layers core ops comm placement)
 # to the root. Each is reported (as a note) instead of failing; delete a line
 # once its edge is gone (the script then notes it as unused).
 set(known_edges
-  # O1: the planner reads Qwen2.5-VL's config (Config, VisionConfig,
-  # detect_layout) through the model header; that edge is being removed.
-  "placement/planner.hpp -> models/qwen2_5_vl.hpp"
 )
 
 if(NOT DEFINED TESSERA_LAYERING_ROOT OR NOT IS_DIRECTORY "${TESSERA_LAYERING_ROOT}")

@@ -5,7 +5,9 @@
 // tools/fixtures/make_planner_fixtures.py), from the checkpoint headers
 // (recomputed here from io::Checkpoint), or from the memory ledger.
 #include <tessera/generate/generate.hpp>
+#include <tessera/models/decoder_description.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
+#include <tessera/models/qwen2_5_vl_description.hpp>
 #include <tessera/placement/planner.hpp>
 
 #include <gtest/gtest.h>
@@ -342,6 +344,93 @@ TEST(Planner, OverBudgetNamesEveryDevicesNeedAndBudget) {
   req.strategy = Strategy::sequential;
   expect_error<PlanError>([&] { (void)placement::plan_qwen2_5_vl(vl_dir("legacy"), req); },
                           {"cpu0 needs", "but its budget is 1.00 KiB", "the other devices: cpu1 needs", "no budget"});
+}
+
+// ---- two stages, layers on both ---------------------------------------------------
+
+// accelerate 1.15's get_balanced_memory on the fixtures as transformers 5.23
+// builds them (Qwen2_5_VLForConditionalGeneration from config.json on the
+// meta device, no_split_module_classes = model._no_split_modules =
+// {Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock}, max_memory {0: 10 GiB,
+// 1: 10 GiB}, dtype float32 / bfloat16): GPU 0's cap. It is total / 2 +
+// 1.25 x one decoder layer: the vision *block*, not the tower, is the
+// vision no-split unit, and it is smaller than a decoder layer.
+// accelerate's total also counts the rotary embeddings' non-persistent
+// buffers (inv_freq and original_inv_freq of the vision and text rotary
+// embeddings: 2 x (4 + 16) floats, cast like the weights), which no
+// checkpoint holds; the test adds them to tessera's tree.
+TEST(Planner, BalancedShareIsAcceleratesOnTheFixtures) {
+  const std::map<std::pair<std::string, std::size_t>, std::int64_t> accelerate_gpu0{
+      {{"tied", 4}, 877456}, {{"tied", 2}, 438728}, {{"legacy", 4}, 2552016}, {{"legacy", 2}, 1276008}};
+  for (const auto& [key, expected] : accelerate_gpu0) {
+    const auto& [variant, elem] = key;
+    SCOPED_TRACE(variant + " " + std::to_string(elem));
+    const auto m = vl::describe(vl_dir(variant));
+    auto tree = placement::plan_detail::balance_tree(m, 1, elem, 0);  // weights only, as accelerate
+    tree.add_parameter("rotary_buffers", static_cast<std::int64_t>(40 * elem));
+    const acc::MaxMemory memory{{"0", std::int64_t{10} << 30}, {"1", std::int64_t{10} << 30}};
+    const auto balanced = acc::get_balanced_memory(tree, memory, {"DecoderLayer"});
+    EXPECT_EQ(balanced[0].second, expected);
+    EXPECT_EQ(balanced[1].second, std::int64_t{10} << 30);
+  }
+}
+
+// A plain pipeline over two slots (--placement pipeline:cpu0,cpu1, no
+// budgets) puts decoder layers on both stages whatever the sizes. It used to
+// put both layers of the tied fixture on stage 0 (the vision tower counted
+// as one no-split unit widened stage 0's balanced share by 1.25 x the
+// tower), and both layers of either fixture there once the KV cache made a
+// layer large (total / 2 + 1.25 layers is every layer of a two-layer model);
+// accelerate's balanced map puts the language model's layers on the second
+// device.
+TEST(Planner, TwoStagesGetLayersOnBoth) {
+  for (const std::string variant : {"legacy", "tied"}) {
+    for (const std::size_t elem : {std::size_t{2}, std::size_t{4}}) {
+      for (const std::int64_t context : {16, 64, 512, 4096, 32768}) {
+        SCOPED_TRACE(variant + " element size " + std::to_string(elem) + " context " + std::to_string(context));
+        PlanRequest req;
+        req.stages = {{"cpu0"}, {"cpu1"}};
+        req.element_size = elem;
+        req.max_context = context;
+        req.max_image_pixels = 1280 * 28 * 28;
+        const auto plan = placement::plan_qwen2_5_vl(vl_dir(variant), req);
+        EXPECT_EQ(plan.layout.layer_stage, (std::vector<std::size_t>{0, 1})) << plan.table();
+        EXPECT_TRUE(plan.notes.empty()) << plan.table();
+      }
+    }
+  }
+}
+
+// Where a stage is left without layers, the plan says why, in its table.
+TEST(Planner, AStageWithoutLayersIsExplained) {
+  PlanRequest req;
+  req.stages = {{"cpu0"}, {"cpu1"}};
+  req.element_size = 4;
+  req.max_context = 32;
+  req.strategy = Strategy::sequential;
+  const auto seq = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  ASSERT_EQ(seq.notes.size(), 1u);
+  EXPECT_NE(seq.notes[0].find("stage 1 (cpu1) holds no decoder layers: the sequential strategy"), std::string::npos)
+      << seq.notes[0];
+  EXPECT_NE(seq.table().find("note: stage 1 (cpu1) holds no decoder layers"), std::string::npos);
+
+  req.strategy = Strategy::balanced_low_0;
+  const auto low = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  ASSERT_EQ(low.notes.size(), 1u);
+  EXPECT_NE(low.notes[0].find("stage 0 (cpu0) holds no decoder layers: balanced_low_0"), std::string::npos)
+      << low.notes[0];
+
+  // A budget on cpu1 below one layer's weights and KV cache: balanced keeps
+  // every layer on stage 0 and names the budget.
+  req.strategy = Strategy::balanced;
+  const auto free = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  req.budgets = {{"cpu1", free.device("cpu1").activations + free.device("cpu1").weights / 2}};
+  const auto forced = placement::plan_qwen2_5_vl(vl_dir("legacy"), req);
+  EXPECT_EQ(forced.layout.layer_stage, (std::vector<std::size_t>{0, 0}));
+  ASSERT_EQ(forced.notes.size(), 1u);
+  EXPECT_NE(forced.notes[0].find("stage 1 (cpu1) holds no decoder layers: one layer needs"), std::string::npos)
+      << forced.notes[0];
+  EXPECT_NE(forced.notes[0].find("but its budget of"), std::string::npos) << forced.notes[0];
 }
 
 TEST(Planner, TableListsModulesAndDevices) {

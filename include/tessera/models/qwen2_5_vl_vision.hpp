@@ -570,3 +570,79 @@ class VisionTower {
 };
 
 }  // namespace tessera::models::qwen2_5_vl
+
+// =============================================================================
+// The tower's cost for the planner (placement/model_description.hpp): what
+// one pass of VisionTower::forward over N patches allocates, next to the
+// code it mirrors, so a change to the tower and to its cost land in one
+// diff. tests/unit/test_planner.cpp holds it to the memory ledger.
+// =============================================================================
+
+#include "../placement/model_description.hpp"
+
+namespace tessera::models::qwen2_5_vl {
+
+// Merged tokens (feature rows) of N patches.
+inline std::uint64_t merged_tokens(const VisionConfig& v, std::uint64_t patches) {
+  return patches / static_cast<std::uint64_t>(v.merge_unit());
+}
+
+// Patches of an image area of `pixels`, rounded up to whole merged tokens
+// (the planner's max_image_pixels -> vision units).
+inline std::uint64_t patches_for_pixels(const VisionConfig& v, std::uint64_t pixels) {
+  const auto per_patch = static_cast<std::uint64_t>(v.patch_size * v.patch_size);
+  const auto unit = static_cast<std::uint64_t>(v.merge_unit());
+  const std::uint64_t patches = (pixels + per_patch - 1) / per_patch;
+  return (patches + unit - 1) / unit * unit;
+}
+
+// Index tensors the tower derives from the grids (window_index,
+// reverse_index [M] and rows, cols [N] int64, two int32 cu_seqlens of at
+// most M + 1 entries): made on the host, copied to the tower's device.
+inline std::uint64_t vision_index_bytes(const VisionConfig& v, std::uint64_t N) {
+  const std::uint64_t M = merged_tokens(v, N);
+  return 16 * M + 16 * N + 8 * (M + 1);
+}
+
+// The tower's own allocations on its device during one pass over N
+// patches, with elements of e bytes: the pixels copied there (and cast),
+// the index tensors, the rotary tables, then the blocks or the merger with
+// what stays alive, plus the float copies of the widest half-precision GEMM.
+inline std::uint64_t vision_device_bytes(const VisionConfig& v, std::uint64_t e, std::uint64_t N) {
+  using u64 = std::uint64_t;
+  if (N == 0) return 0;
+  const auto widen = [e](u64 m, u64 k, u64 n) { return placement::gemm_widening_bytes(e, m, k, n); };
+  const u64 M = merged_tokens(v, N);
+  const u64 Hv = static_cast<u64>(v.hidden_size), Iv = static_cast<u64>(v.intermediate_size);
+  const u64 hv = static_cast<u64>(v.head_dim()), pd = static_cast<u64>(v.patch_dim());
+  const u64 Ho = static_cast<u64>(v.out_hidden_size), uH = static_cast<u64>(v.merge_unit()) * Hv;
+  const u64 pixels = 4 * N * pd + (e != 4 ? N * pd * e : 0);
+  const u64 NH = N * Hv * e;
+  // residual and h, then the larger of attention (qkv, rotated q and k,
+  // output, projection: 7NHv e, with float q/k/v copies when e != 4) and the
+  // MLP (gate, up, swiglu, down) while the block's attention output is
+  // still alive.
+  const u64 blocks = 2 * NH + std::max(7 * NH + (e != 4 ? 12 * N * Hv : 0), NH + 3 * N * Iv * e + NH);
+  // residual and h stay alive through the merger: fc1, gelu, fc2, then the
+  // reverse gather.
+  const u64 merger = 2 * NH + std::max(2 * M * uH * e + M * Ho * e, 2 * M * Ho * e);
+  const u64 widest = std::max({widen(N, pd, Hv), widen(N, Hv, 3 * Hv), widen(N, Hv, Iv), widen(N, Iv, Hv),
+                               widen(M, uH, uH), widen(M, uH, Ho)});
+  // Rotary tables [N, hv] cos and sin (float) stay; the two axes' tables
+  // they are composed from are transient.
+  return pixels + vision_index_bytes(v, N) + 8 * N * hv + std::max({8 * N * hv, blocks, merger}) + widest;
+}
+
+// One pass over N patches (every image and video of a prompt): on the host
+// the concatenated float pixels and the index tensors; on the tower's device
+// vision_device_bytes; the features [M, out_hidden_size] stay there.
+inline placement::VisionCost vision_cost(const VisionConfig& v, std::uint64_t patches, std::size_t element_size) {
+  const auto e = static_cast<std::uint64_t>(element_size);
+  placement::VisionCost cost;
+  cost.host_transient = 4 * patches * static_cast<std::uint64_t>(v.patch_dim()) + vision_index_bytes(v, patches);
+  cost.device_transient = vision_device_bytes(v, e, patches);
+  cost.features = merged_tokens(v, patches) * static_cast<std::uint64_t>(v.out_hidden_size) * e;
+  return cost;
+}
+
+}  // namespace tessera::models::qwen2_5_vl
