@@ -1,5 +1,6 @@
-// The decoder-family fixtures (tests/fixtures/{llama,llama_yi,phi3,internlm2},
-// written by tools/fixtures/make_decoder_fixtures.py) as tests read them:
+// The decoder-family fixtures (tests/fixtures/{llama,llama_yi,phi3,internlm2,
+// internlm2_wide}, written by tools/fixtures/make_decoder_fixtures.py) as
+// tests read them:
 // the reference arrays and reference.json, the golden comparison of logits
 // rows, and broken copies of a checkpoint for the error tests. Model-agnostic:
 // nothing here includes a model header.
@@ -29,9 +30,11 @@ using Ids = std::vector<std::int64_t>;
 inline fs::path root() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures"; }
 inline fs::path dir(const std::string& fixture) { return root() / fixture; }
 
-// Every fixture the generator writes.
+// Every fixture the generator writes. internlm2_wide is internlm2 with 4
+// layers and 8 heads / 4 KV heads, so that groups of 4 ranks and pipelines
+// of 4 stages divide it (one KV group per rank, one layer per stage).
 inline const std::vector<std::string>& names() {
-  static const std::vector<std::string> n = {"llama", "llama_yi", "phi3", "internlm2"};
+  static const std::vector<std::string> n = {"llama", "llama_yi", "phi3", "internlm2", "internlm2_wide"};
   return n;
 }
 
