@@ -24,6 +24,9 @@ using SingleModel = models::Decoder<Single<Cpu<0>>, float>;
 using PipelineModel = models::Decoder<Pipeline<Cpu<0>, Cpu<1>>, float>;
 using TensorParallelModel = models::Decoder<TensorParallel<Cpu<0>, Cpu<1>>, float>;
 using PipelineOfGroups = models::Decoder<Pipeline<TensorParallel<Cpu<0>, Cpu<1>>, Cpu<2>>, float>;
+using FourStages = models::Decoder<Pipeline<Cpu<0>, Cpu<1>, Cpu<2>, Cpu<3>>, float>;
+using FourRanks = models::Decoder<TensorParallel<Cpu<0>, Cpu<1>, Cpu<2>, Cpu<3>>, float>;
+using TwoStagesOfPairs = models::Decoder<Pipeline<TensorParallel<Cpu<0>, Cpu<1>>, TensorParallel<Cpu<2>, Cpu<3>>>, float>;
 
 // The prompt's logits and those of `steps` greedy decode steps after it.
 template <class Model>
@@ -60,7 +63,8 @@ TEST_P(DecoderPlacement, PipelineOverTwoSlotsIsBitIdenticalToOneDevice) {
   const fx::Reference ref(GetParam());
   const SingleModel one = SingleModel::load(fx::dir(GetParam()));
   const PipelineModel two = PipelineModel::load(fx::dir(GetParam()));
-  ASSERT_EQ(two.placement().layer_stage, (std::vector<std::size_t>{0, 1}));
+  const auto layers = static_cast<std::size_t>(one.config().num_hidden_layers);
+  for (std::size_t l = 0; l < layers; ++l) ASSERT_EQ(two.placement().layer_stage[l], l * 2 / layers) << l;
   for (const auto& prompt : ref.prompts()) {
     const Ids ids = ref.ints("prompt." + prompt + ".input_ids");
     const Ids tokens = ref.ints("prompt." + prompt + ".greedy.tokens");
@@ -139,6 +143,40 @@ TEST_P(DecoderPlacement, RankOneHoldsHalfOfEveryFusedOrSeparateWeight) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, DecoderPlacement, ::testing::ValuesIn(fx::names()));
+
+// ---- four CPU slots: the layouts the big checkpoints need, on the fixture
+// with 4 layers and 8 heads / 4 KV heads (each of four ranks holds one
+// interleaved wqkv KV group) ----------------------------------------------------
+
+const std::string kWide = "internlm2_wide";
+
+TEST(DecoderPlacementFourSlots, FourStagePipelineIsBitIdenticalWithOneLayerPerStage) {
+  const fx::Reference ref(kWide);
+  const SingleModel one = SingleModel::load(fx::dir(kWide));
+  const FourStages four = FourStages::load(fx::dir(kWide));
+  ASSERT_EQ(four.placement().layer_stage, (std::vector<std::size_t>{0, 1, 2, 3}));
+  for (const auto& prompt : ref.prompts()) {
+    const Ids ids = ref.ints("prompt." + prompt + ".input_ids");
+    const Ids tokens = ref.ints("prompt." + prompt + ".greedy.tokens");
+    const auto a = run(one, ids, tokens, std::min(kSteps, tokens.size() - 1));
+    const auto b = run(four, ids, tokens, std::min(kSteps, tokens.size() - 1));
+    for (std::size_t s = 0; s < a.size(); ++s) EXPECT_TRUE(same_bits(a[s], b[s])) << prompt << " step " << s;
+  }
+}
+
+TEST(DecoderPlacementFourSlots, TensorParallelOverFourSlotsMatchesTheReference) {
+  expect_within_golden_tolerance(FourRanks::load(fx::dir(kWide)), kWide);
+}
+
+TEST(DecoderPlacementFourSlots, TwoStagesOfTensorParallelPairsMatchTheReference) {
+  expect_within_golden_tolerance(TwoStagesOfPairs::load(fx::dir(kWide)), kWide);
+}
+
+// A group of four cannot split two KV heads: refused before loading.
+TEST(DecoderPlacementFourSlots, FourRanksRefuseTwoKeyValueHeads) {
+  expect_error<PlanError>([] { (void)FourRanks::load(fx::dir("internlm2")); },
+                          {"InternLM2", "over 4 devices", "does not divide num_key_value_heads = 2"});
+}
 
 }  // namespace
 }  // namespace tessera::testing
