@@ -225,3 +225,34 @@ TEST(RopeVariants, HostTablesEqualTheDeviceRecipeForPlainRope) {
 
 }  // namespace
 }  // namespace tessera::testing
+
+namespace tessera::testing {
+namespace {
+
+// InternLM2's dynamic NTK never goes back once a sequence has passed
+// max_position_embeddings (its rotary cache is "sticky"); tessera keeps that
+// state in the Cache, so clear() keeps it while a new cache starts afresh,
+// as a freshly loaded reference model does.
+TEST(DecoderRopeState, DynamicNtkIsStickyAcrossClearButNotAcrossCaches) {
+  const Model m = Model::load(fixture("internlm2"));
+  std::vector<std::int64_t> short_ids = {42, 720, 416, 329, 443, 243};
+  std::vector<std::int64_t> long_ids;
+  for (std::int64_t i = 0; i < 60; ++i) long_ids.push_back((i * 37) % 1000);  // past max_position_embeddings 48
+  auto fresh = m.new_cache(64);
+  const auto expected = to<Host>(m.forward(short_ids, fresh));
+  auto reused = m.new_cache(64);
+  (void)m.forward(long_ids, reused);
+  reused.clear();
+  const auto sticky = to<Host>(m.forward(short_ids, reused));
+  double diff = 0.0;
+  for (std::size_t i = 0; i < expected.span().size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(expected.span()[i] - sticky.span()[i])));
+  }
+  EXPECT_GT(diff, 1e-3) << "after a 60-token sequence the base stays grown, as InternLM2's rotary cache does";
+  auto again = m.new_cache(64);
+  const auto renewed = to<Host>(m.forward(short_ids, again));
+  EXPECT_EQ(std::memcmp(expected.raw(), renewed.raw(), static_cast<std::size_t>(expected.bytes())), 0);
+}
+
+}  // namespace
+}  // namespace tessera::testing
