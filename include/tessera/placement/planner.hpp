@@ -715,7 +715,7 @@ inline std::vector<std::string> empty_stage_notes(const ModelDescription& m, con
                    format_bytes(costs.pinned[s]), ")");
     } else if (r.strategy == Strategy::sequential) {
       why = concat("the sequential strategy fills the stages in order, and the stages before it hold all ",
-                   m.decoder.layers, " within their budgets; give them budgets, or use balanced");
+                   m.decoder.layers, " layers within their budgets; give them budgets, or use balanced");
     } else if (r.strategy == Strategy::balanced_low_0 && s == 0) {
       why = "balanced_low_0 keeps stage 0 for what the other stages cannot hold, and they hold every layer; use "
             "balanced to give it layers";
