@@ -2,14 +2,16 @@
 // share: the command line (a small flag parser, numbers parsed with clear
 // errors, the common input/decoding/running flags and their checks), the
 // sampling flags turned into generate::SamplingOptions, --logits-out as a
-// NumPy .npy file, streaming the generated text to stdout, the summary and
-// memory report on stderr, the --device choice and the exit codes.
+// NumPy .npy file, streaming the generated text (or ids) to stdout, the
+// summary and memory report on stderr, and the exit codes. The driver that
+// composes them is model_main.hpp.
 //
 // The conventions every example follows: stdout carries only the generated
-// text (one flush per decoded chunk, then a final newline); everything else
-// goes to stderr. Exit codes: 0 success, 2 bad input (a flag, a number, a
-// path, an id, a file tessera cannot read), with a message naming the flag
-// or file, and 1 for any other failure.
+// text (one flush per decoded chunk, then a final newline), or with --ids
+// the generated ids; everything else goes to stderr. Exit codes: 0 success,
+// 2 bad input (a flag, a number, a path, an id, a file tessera cannot read,
+// a placement that cannot work), with a message naming the flag or file,
+// and 1 for any other failure.
 #pragma once
 
 #include <algorithm>
@@ -95,8 +97,9 @@ inline float parse_float(std::string_view flag, std::string_view text) {
   return static_cast<float>(parse_number(flag, text));
 }
 
-// "1 2 3" or "1,2,3" -> ids (range-checked against the vocabulary later).
-inline std::vector<std::int64_t> parse_ids(std::string_view text) {
+// "1 2 3" or "1,2,3" -> ids (range-checked against the vocabulary later);
+// `flag` names the flag they came from in errors.
+inline std::vector<std::int64_t> parse_ids(std::string_view text, std::string_view flag = "--input-ids") {
   std::vector<std::int64_t> ids;
   std::size_t pos = 0;
   while (pos < text.size()) {
@@ -107,12 +110,12 @@ inline std::vector<std::int64_t> parse_ids(std::string_view text) {
     }
     std::size_t end = pos;
     while (end < text.size() && !is_sep(text[end])) ++end;
-    const auto id = parse_integer<std::int64_t>("--input-ids", text.substr(pos, end - pos));
-    if (id < 0) throw UsageError(detail::concat("--input-ids: token id ", id, " is negative"));
+    const auto id = parse_integer<std::int64_t>(flag, text.substr(pos, end - pos));
+    if (id < 0) throw UsageError(detail::concat(flag, ": token id ", id, " is negative"));
     ids.push_back(id);
     pos = end;
   }
-  if (ids.empty()) throw UsageError("--input-ids: no token ids given");
+  if (ids.empty()) throw UsageError(detail::concat(flag, ": no token ids given"));
   return ids;
 }
 
@@ -187,6 +190,7 @@ struct CommonOptions {
   fs::path model;
   std::optional<std::string> prompt;
   std::optional<std::string> input_ids;
+  std::optional<std::string> ids;  // --ids: ids in, ids out, no tokenizer
   bool raw = false, greedy = false, sample = false, print_ids = false, help = false;
   std::optional<std::int64_t> max_new_tokens, top_k, max_context;
   std::optional<float> temperature, top_p, repetition_penalty;
@@ -199,6 +203,7 @@ inline void add_common_flags(FlagParser& p, CommonOptions& o) {
   p.add_value("--model", [&o](const std::string& v) { o.model = v; });
   p.add_value("--prompt", [&o](const std::string& v) { o.prompt = v; });
   p.add_value("--input-ids", [&o](const std::string& v) { o.input_ids = v; });
+  p.add_value("--ids", [&o](const std::string& v) { o.ids = v; });
   p.add_value("--max-new-tokens",
               [&o](const std::string& v) { o.max_new_tokens = parse_positive("--max-new-tokens", v); });
   p.add_value("--temperature", [&o](const std::string& v) { o.temperature = parse_float("--temperature", v); });
@@ -222,11 +227,9 @@ inline void add_common_flags(FlagParser& p, CommonOptions& o) {
 // `prompt_required`: false for --plan-only, which loads nothing and runs nothing.
 inline void check_common_options(const CommonOptions& o, bool prompt_required = true) {
   if (o.model.empty()) throw UsageError("--model DIR is required");
-  if (o.prompt.has_value() && o.input_ids.has_value()) {
-    throw UsageError("give exactly one of --prompt TEXT and --input-ids \"ID ID ...\"");
-  }
-  if (prompt_required && !o.prompt.has_value() && !o.input_ids.has_value()) {
-    throw UsageError("give exactly one of --prompt TEXT and --input-ids \"ID ID ...\"");
+  const int inputs = int{o.prompt.has_value()} + int{o.input_ids.has_value()} + int{o.ids.has_value()};
+  if (inputs > 1 || (prompt_required && inputs == 0)) {
+    throw UsageError("give exactly one of --prompt TEXT, --input-ids \"ID ID ...\" and --ids ID,ID,...");
   }
   if (o.raw && !o.prompt) throw UsageError("--raw applies to --prompt only");
   if (o.greedy && o.sample) throw UsageError("--greedy and --sample contradict each other");
@@ -262,7 +265,8 @@ inline constexpr const char* kDecodingHelp = R"(decoding (defaults: the checkpoi
 
 inline constexpr const char* kRunningHelp = R"(running:
   --device cpu|cuda         cpu: float32 on Cpu<0> (default); cuda: bf16 on Cuda<0>
-                            (needs a build with the CUDA backend)
+                            (needs a build with the CUDA backend); the same as
+                            --placement cpu|cuda
   --logits-out FILE.npy     write the float32 logits of every prompt position,
                             shape [positions, vocab], as a NumPy .npy file
   --print-ids               print the prompt and generated ids on stderr
@@ -271,12 +275,14 @@ inline constexpr const char* kRunningHelp = R"(running:
 
 // ---- the checkpoint and the prompt ----------------------------------------------
 
-inline void check_model_dir(const fs::path& dir) {
+// `tokenizer`: whether the run reads tokenizer.json (not with --ids).
+inline void check_model_dir(const fs::path& dir, bool tokenizer = true) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     throw UsageError(detail::concat("--model: '", dir.string(), "' is not a directory"));
   }
   for (const char* file : {"config.json", "tokenizer.json"}) {
+    if (!tokenizer && std::string_view(file) == "tokenizer.json") continue;
     if (!fs::exists(dir / file, ec)) {
       throw UsageError(detail::concat("--model: '", dir.string(), "' has no ", file,
                                       " (expected a Hugging Face checkpoint directory)"));
@@ -304,10 +310,12 @@ inline std::vector<std::int64_t> encode_prompt(const tokenizer::Tokenizer& tok, 
   return ids;
 }
 
-inline void check_ids(std::span<const std::int64_t> ids, std::int64_t vocab_size) {
+// `flag`: where the ids came from, for the message.
+inline void check_ids(std::span<const std::int64_t> ids, std::int64_t vocab_size,
+                      std::string_view flag = "--input-ids") {
   for (const std::int64_t id : ids) {
     if (id >= vocab_size) {
-      throw UsageError(detail::concat("--input-ids: token id ", id, " is outside the vocabulary (the model has ",
+      throw UsageError(detail::concat(flag, ": token id ", id, " is outside the vocabulary (the model has ",
                                       vocab_size, " ids: 0 .. ", vocab_size - 1, ")"));
     }
   }
@@ -367,31 +375,48 @@ inline void write_npy(const fs::path& path, std::span<const float> data, std::in
 // One extra prefill over the prompt (generate() keeps its logits to itself),
 // in the model's precision, converted to float32 on the device. `prompt` is
 // what model.forward takes for a prefill (ids, or ids with images), of
-// `positions` tokens.
+// `positions` tokens. Float logits on the host are written as they are, so
+// the run never holds more than the plan's prefill does.
 template <class Model, class Prompt>
 void write_prompt_logits(const Model& model, const Prompt& prompt, std::int64_t positions, const fs::path& path) {
   auto cache = model.new_cache(positions);
-  const auto logits = to<Host>(ops::cast<float>(model.forward(prompt, cache)));
-  write_npy(path, logits.span(), logits.dim(0), logits.dim(1));
+  const auto logits = model.forward(prompt, cache);
+  using L = std::remove_cvref_t<decltype(logits)>;
+  const auto write = [&](const Tensor<Host, float>& host) {
+    write_npy(path, host.span(), host.dim(0), host.dim(1));
+  };
+  if constexpr (std::same_as<device_of<L>, Host> && std::same_as<element_of<L>, float>) {
+    write(logits);
+  } else {
+    write(to<Host>(ops::cast<float>(logits)));
+  }
   std::cerr << "logits of " << logits.dim(0) << " prompt positions written to " << path.string() << "\n";
 }
 
 // ---- streaming and the summary --------------------------------------------------
 
 // Decodes ids as they come and writes each complete piece of UTF-8 to stdout
-// at once; records when the first token arrived.
+// at once (without a tokenizer, --ids: each id, space-separated); records
+// when the first token arrived.
 class TextStream {
  public:
-  explicit TextStream(const tokenizer::Tokenizer& tok) : tok_(&tok), decoder_(tok.stream_decoder(true)) {}
+  explicit TextStream(const tokenizer::Tokenizer* tok) : tok_(tok) {
+    if (tok != nullptr) decoder_.emplace(tok->stream_decoder(true));
+  }
 
   void on_token(std::int64_t id) {
-    if (!first_) first_ = Clock::now();
+    const bool first = !first_;
+    if (first) first_ = Clock::now();
+    if (!decoder_) {
+      write(detail::concat(first ? "" : " ", id));
+      return;
+    }
     // Ids the model has but the tokenizer lacks (padding rows of the
     // embedding) have no text.
     if (id < 0 || static_cast<std::size_t>(id) >= tok_->vocab_size()) return;
-    write(decoder_.step(static_cast<tokenizer::TokenId>(id)));
+    write(decoder_->step(static_cast<tokenizer::TokenId>(id)));
   }
-  void finish() { write(decoder_.finish() + "\n"); }
+  void finish() { write((decoder_ ? decoder_->finish() : std::string()) + "\n"); }
 
   std::optional<Clock::time_point> first_token_at() const noexcept { return first_; }
 
@@ -402,7 +427,7 @@ class TextStream {
     std::fflush(stdout);
   }
   const tokenizer::Tokenizer* tok_;
-  tokenizer::StreamDecoder decoder_;
+  std::optional<tokenizer::StreamDecoder> decoder_;
   std::optional<Clock::time_point> first_;
 };
 
@@ -422,11 +447,11 @@ struct RunStats {
 };
 
 // generate::generate over `prompt` (ids, or ids with images) with the text
-// streamed to stdout; fills what it measured into `stats` and prints the
-// generated ids when asked.
+// (the ids when `tok` is null) streamed to stdout; fills what it measured
+// into `stats` and prints the generated ids when asked.
 template <class Model, class Prompt>
 void generate_streamed(const Model& model, const Prompt& prompt, const generate::SamplingOptions& options,
-                       const tokenizer::Tokenizer& tok, bool print_generated_ids, RunStats& stats) {
+                       const tokenizer::Tokenizer* tok, bool print_generated_ids, RunStats& stats) {
   TextStream stream(tok);
   const auto start = Clock::now();
   const std::vector<std::int64_t> generated =
@@ -468,21 +493,7 @@ inline void print_summary(std::string_view program, const RunStats& s, const std
   print_memory_report(std::cerr);
 }
 
-// ---- the device and main() ------------------------------------------------------
-
-// Calls run.template operator()<D, T>(label) for the device --device names:
-// cpu is float32 on Cpu<0>, cuda bf16 on Cuda<0> (in builds with the CUDA
-// backend; otherwise bad input).
-template <class Run>
-int run_on_device(const std::string& device, Run&& run) {
-  if (device == "cpu") return run.template operator()<Cpu<0>, float>(std::string("Cpu<0>, float32"));
-#if defined(TESSERA_WITH_CUDA)
-  return run.template operator()<Cuda<0>, bf16>(std::string("Cuda<0>, bf16"));
-#else
-  throw UsageError("--device cuda: this build has no CUDA backend (configure with -DTESSERA_CUDA=ON on a machine "
-                   "with nvcc), use --device cpu");
-#endif
-}
+// ---- main() ------------------------------------------------------------------
 
 // Runs body() and turns what it throws into a message on stderr and the
 // exit code: 2 for bad input (UsageError, a placement that does not fit

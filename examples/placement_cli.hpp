@@ -1,7 +1,9 @@
 // examples/placement_cli.hpp — the placement flags of the model examples:
-// which policy (a closed set of instantiated ones), the per-device budgets,
-// the planner's strategy and --plan-only; the communicators each stage gets
-// (in-process, NCCL, or MPI when the program runs under mpirun).
+// which policy (the closed set in placements.hpp), the per-device budgets,
+// the planner's strategy and --plan-only; the planner's names of a policy's
+// stages; the communicators each stage gets (in-process, NCCL, or MPI when
+// the program runs under mpirun); budgets from the plan and the measured
+// peaks against it.
 #pragma once
 
 #include <cstdint>
@@ -36,14 +38,22 @@ struct PlacementOptions {
 };
 
 inline constexpr const char* kPlacementHelp = R"(placement:
-  --placement SPEC          where the model runs (overrides --device):
-                              cpu | cuda                    one device (Cpu<0> float32, Cuda<0> bf16)
-                              pipeline:cpu0,cpu1            layers split over two CPU slots
-                              pipeline:cuda0,cuda1          layers split over two GPUs
-                              tp:cpu0,cpu1                  tensor parallel over two CPU slots
-                                                            (under mpirun -np 2: one slot per process)
-                              tp:cuda0,cuda1                tensor parallel over two GPUs (NCCL)
-                              pipeline:tp(cuda0,cuda1),tp(cuda2,cuda3)
+  --placement SPEC          where the model runs (overrides --device); float32 on CPU
+                            slots, bf16 on GPUs (builds with the CUDA backend):
+                              cpu | cuda                    one device
+                              pipeline:cpu0,cpu1            layers split over 2 or 4 CPU slots
+                              pipeline:cpu0,cpu1,cpu2,cpu3
+                              tp:cpu0,cpu1                  tensor parallel over 2 or 4 CPU slots
+                              tp:cpu0,cpu1,cpu2,cpu3        (under mpirun -np N: one slot per process)
+                              pipeline:cuda0,cuda1          layers split over 2, 4 or 8 GPUs
+                              pipeline:cuda0,cuda1,cuda2,cuda3
+                              pipeline:cuda0,cuda1,...,cuda7   (all eight named)
+                              tp:cuda0,cuda1                tensor parallel over 2, 4 or 8 GPUs (NCCL)
+                              tp:cuda0,cuda1,cuda2,cuda3
+                              tp:cuda0,cuda1,...,cuda7         (all eight named)
+                              pipeline:tp(cuda0,cuda1),tp(cuda2,cuda3)   2 stages x tensor parallel 2
+                              pipeline:tp(cuda0,cuda1,cuda2,cuda3),tp(cuda4,cuda5,cuda6,cuda7)
+                                                            2 stages x tensor parallel 4
   --max-memory DEVICE=SIZE  budget of one device (cpu0, cuda1, ...), e.g. cuda0=20GiB or
                             cpu1=1.5GB (accelerate's units: GiB = 2^30, GB = 10^9);
                             repeat per device; the plan must fit before anything loads
@@ -52,7 +62,7 @@ inline constexpr const char* kPlacementHelp = R"(placement:
   --pin PART=STAGE          put vision, embed or head (final norm + lm_head) on pipeline
                             stage STAGE (default 0 for all three)
   --plan-only               print the plan (from config.json and the safetensors headers,
-                            nothing loaded) and exit; --prompt/--input-ids optional
+                            nothing loaded) and exit; --prompt/--input-ids/--ids optional
 
 )";
 
@@ -194,43 +204,6 @@ void print_peaks_against_plan(const placement::Plan& plan) {
        << (peak <= d.peak() ? " (within the plan)\n" : " (OVER the plan)\n");
   });
   std::cerr << os.str();
-}
-
-// The closed set of policies the examples are built with: each spec is one
-// instantiation, run.template operator()<Policy, T>(label).
-template <class Run>
-int run_with_placement(const std::string& spec, Run&& run) {
-  if (spec == "cpu") return run.template operator()<Single<Cpu<0>>, float>("Single<Cpu<0>>, float32");
-  if (spec == "pipeline:cpu0,cpu1") {
-    return run.template operator()<Pipeline<Cpu<0>, Cpu<1>>, float>("Pipeline<Cpu<0>, Cpu<1>>, float32");
-  }
-  if (spec == "tp:cpu0,cpu1") {
-    return run.template operator()<TensorParallel<Cpu<0>, Cpu<1>>, float>("TensorParallel<Cpu<0>, Cpu<1>>, float32");
-  }
-#if defined(TESSERA_WITH_CUDA)
-  if (spec == "cuda") return run.template operator()<Single<Cuda<0>>, bf16>("Single<Cuda<0>>, bf16");
-  if (spec == "pipeline:cuda0,cuda1") {
-    return run.template operator()<Pipeline<Cuda<0>, Cuda<1>>, bf16>("Pipeline<Cuda<0>, Cuda<1>>, bf16");
-  }
-  if (spec == "tp:cuda0,cuda1") {
-    return run.template operator()<TensorParallel<Cuda<0>, Cuda<1>>, bf16>("TensorParallel<Cuda<0>, Cuda<1>>, bf16");
-  }
-  if (spec == "pipeline:tp(cuda0,cuda1),tp(cuda2,cuda3)") {
-    using P = Pipeline<TensorParallel<Cuda<0>, Cuda<1>>, TensorParallel<Cuda<2>, Cuda<3>>>;
-    return run.template operator()<P, bf16>(
-        "Pipeline<TensorParallel<Cuda<0>, Cuda<1>>, TensorParallel<Cuda<2>, Cuda<3>>>, bf16");
-  }
-  constexpr const char* cuda_specs = ", cuda, pipeline:cuda0,cuda1, tp:cuda0,cuda1, pipeline:tp(cuda0,cuda1),tp(cuda2,cuda3)";
-#else
-  if (spec == "cuda" || spec.find("cuda") != std::string::npos) {
-    throw UsageError(detail::concat("--placement ", spec, ": this build has no CUDA backend (configure with "
-                                    "-DTESSERA_CUDA=ON on a machine with nvcc); use cpu, pipeline:cpu0,cpu1 or "
-                                    "tp:cpu0,cpu1"));
-  }
-  constexpr const char* cuda_specs = "";
-#endif
-  throw UsageError(detail::concat("--placement '", spec, "' is not one of the placements this program is built "
-                                  "with: cpu, pipeline:cpu0,cpu1, tp:cpu0,cpu1", cuda_specs));
 }
 
 }  // namespace tessera::cli

@@ -1,94 +1,70 @@
-// text_generate: run a Qwen2 / Qwen2.5 text checkpoint (a Hugging Face
-// directory with config.json, the safetensors weights, tokenizer.json and
-// optionally generation_config.json) and stream what it generates.
+// text_generate: run a decoder-only language model checkpoint (a Hugging
+// Face directory with config.json, the safetensors weights, tokenizer.json
+// unless the prompt is given with --ids, and optionally
+// generation_config.json) under any placement, and stream what it generates.
+// The family (Qwen2 / Qwen2.5, Llama, Phi-3, InternLM2) comes from config.json.
 //
 //   text_generate --model DIR --prompt "Why is the sky blue?"
 //   text_generate --model DIR --input-ids "311 967 768 909" --greedy --logits-out logits.npy
+//   text_generate --model DIR --ids 1,2,3 --placement tp:cpu0,cpu1,cpu2,cpu3
 //
-// The generated text goes to stdout as it is produced (one flush per
-// decoded chunk, then a final newline); everything else (the summary, the
-// memory report, --print-ids, errors) goes to stderr. Exit codes: 0 success,
-// 2 bad input (flags, numbers, paths, ids), 1 any other failure.
-// Run with --help for the flags. The command line, the streaming and the
-// report are shared with the other examples: cli_common.hpp.
-#include <cstdint>
+// The generated text (with --ids: the generated ids) goes to stdout as it is
+// produced; everything else (the input, the plan, the summary, the memory
+// report, --print-ids, errors) goes to stderr. Exit codes: 0 success, 2 bad
+// input (flags, numbers, paths, ids, a placement that cannot work), 1 any
+// other failure. Run with --help for the flags. The driver is model_main.hpp.
+#include "text_generate.hpp"
+
 #include <string>
 #include <vector>
 
-#include "cli_common.hpp"
-#include <tessera/models/qwen2.hpp>
+#include <tessera/generate/chat.hpp>
 
-namespace {
-using namespace tessera;
-using namespace tessera::cli;
+namespace tessera::cli {
 
-constexpr const char* kUsageInput = R"(usage: text_generate --model DIR (--prompt TEXT | --input-ids "ID ID ...") [options]
+std::string_view TextGenerate::usage() {
+  return R"(usage: text_generate --model DIR (--prompt TEXT | --input-ids "ID ID ..." | --ids ID,ID,...) [options]
 
-Runs a Qwen2 / Qwen2.5 text checkpoint and streams the generated text to stdout.
+Runs a decoder-only language model (Qwen2 / Qwen2.5, Llama, Phi-3 or InternLM2: config.json
+says which) under any placement and streams the generated text to stdout.
 
 input (exactly one):
-  --prompt TEXT             a user message, wrapped in the Qwen2 chat template
-                            (default system prompt, generation prompt added)
+  --prompt TEXT             a user message, wrapped in the ChatML template Qwen2 uses
+                            (default system prompt, generation prompt added); for the
+                            other families give their template's text with --raw
   --raw                     with --prompt: tokenize TEXT as it is, no template
   --input-ids "1 2 3"       the prompt as token ids (spaces or commas between)
+  --ids 1,2,3               the prompt as token ids, read without a tokenizer (the
+                            checkpoint needs no tokenizer.json); the generated ids go
+                            to stdout, space-separated, instead of text
 
 )";
-
-CommonOptions parse_args(int argc, char** argv) {
-  CommonOptions o;
-  FlagParser parser;
-  add_common_flags(parser, o);
-  parser.parse(argc, argv);
-  if (!o.help) check_common_options(o);
-  return o;
 }
 
-std::vector<std::int64_t> prompt_ids(const CommonOptions& o, const tokenizer::Tokenizer& tok) {
-  if (o.input_ids) return parse_ids(*o.input_ids);
-  return encode_prompt(tok, o.raw ? *o.prompt
-                                  : generate::apply_chat_template(
-                                        std::vector<generate::ChatMessage>{{"user", *o.prompt}}, true));
+TextGenerate::Config TextGenerate::load_config(const fs::path& dir) {
+  Config c{io::DecoderConfig::load(dir), {}};
+  c.weights = models::weights_for(models::detect_family(c.text, (dir / "config.json").string()));
+  return c;
 }
 
-template <Device D, FloatType T>
-int run_on(const CommonOptions& o, const std::string& device_label) {
-  const io::Qwen2Config config = io::Qwen2Config::load(o.model);
-  const auto tok = tokenizer::Tokenizer::from_file(o.model / "tokenizer.json");
-  const std::vector<std::int64_t> ids = prompt_ids(o, tok);
-  check_ids(ids, config.vocab_size);
-  const auto prompt_tokens = static_cast<std::int64_t>(ids.size());
-  const auto options = sampling_options(o, io::GenerationConfig::load_or_default(o.model, config), prompt_tokens,
-                                        o.max_context.value_or(config.max_position_embeddings));
-  if (o.print_ids) print_ids("prompt ids", ids);
-
-  const auto load_start = Clock::now();
-  const auto model = models::Qwen2<Single<D>, T>::load(o.model);
-  RunStats stats;
-  stats.prompt_tokens = prompt_tokens;
-  stats.load_s = seconds(Clock::now() - load_start);
-  const std::span<const std::int64_t> prompt(ids);
-  if (o.logits_out) write_prompt_logits(model, prompt, prompt_tokens, *o.logits_out);
-  generate_streamed(model, prompt, options, tok, o.print_ids, stats);
-  print_summary("text_generate", stats, device_label);
-  return 0;
+Inputs<TextGenerate::Prompt> TextGenerate::prepare(const CommonOptions& c, const Options&,
+                                                   const tokenizer::Tokenizer* tok, const Config& config) {
+  Inputs<Prompt> in;
+  const io::DecoderConfig& t = config.text;
+  in.lines.push_back(detail::concat("model     ", models::family_name(config.weights.family), ": ",
+                                    t.num_hidden_layers, " layers, ", t.num_attention_heads, " heads, ",
+                                    t.num_key_value_heads, " key-value heads, vocabulary ", t.vocab_size));
+  if (auto ids = given_ids(c)) {
+    in.prompt = std::move(*ids);
+  } else {
+    in.prompt = encode_prompt(*tok, c.raw ? *c.prompt
+                                          : generate::apply_chat_template(
+                                                std::vector<generate::ChatMessage>{{"user", *c.prompt}}, true));
+  }
+  in.lines.push_back(detail::concat("prompt    ", prompt_source(c), ": ", in.prompt.size(), " tokens"));
+  return in;
 }
 
-int run(const CommonOptions& o) {
-  check_model_dir(o.model);
-  if (o.logits_out) check_output_path(*o.logits_out);
-  return run_on_device(o.device,
-                       [&]<Device D, FloatType T>(const std::string& label) { return run_on<D, T>(o, label); });
-}
+}  // namespace tessera::cli
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  return main_guard("text_generate", [&] {
-    const CommonOptions options = parse_args(argc, argv);
-    if (options.help) {
-      std::cout << kUsageInput << kDecodingHelp << "\n" << kRunningHelp;
-      return 0;
-    }
-    return run(options);
-  });
-}
+int main(int argc, char** argv) { return tessera::cli::model_main<tessera::cli::TextGenerate>(argc, argv); }
