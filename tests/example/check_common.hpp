@@ -127,27 +127,41 @@ inline Npy read_npy(const fs::path& path) {
 }
 
 // The .npy file equals tensor `name` of the reference within
-// 1e-4 x max|reference logit| (the golden tests' tolerance).
-inline void check_logits(const fs::path& npy_path, const io::SafetensorsFile& ref, const std::string& name) {
+// 1e-4 x max|reference logit| (the golden tests' tolerance). `rows`: which
+// rows of the .npy the reference kept, in its order (empty: all of them).
+inline void check_logits(const fs::path& npy_path, const io::SafetensorsFile& ref, const std::string& name,
+                         const std::vector<std::int64_t>& rows = {}) {
   const Npy got = read_npy(npy_path);
   const auto expected = ref.load<Host, float>(name);
-  const std::vector<std::int64_t> shape{expected.dim(0), expected.dim(1)};
+  const std::int64_t vocab = expected.dim(1);
+  const std::vector<std::int64_t> shape{rows.empty() ? expected.dim(0) : got.shape.at(0), vocab};
   if (got.shape != shape) throw Failure("logits shape [" + join(got.shape) + "], expected [" + join(shape) + "]");
+  if (!rows.empty() && static_cast<std::int64_t>(rows.size()) != expected.dim(0)) {
+    throw Failure(name + " has " + std::to_string(expected.dim(0)) + " rows but " + std::to_string(rows.size()) +
+                  " positions");
+  }
   const auto e = expected.span();
   float max_ref = 0.0f;
   for (float v : e) max_ref = std::max(max_ref, std::abs(v));
   const double tol = 1e-4 * max_ref;
   double worst = 0.0;
   for (std::size_t i = 0; i < e.size(); ++i) {
-    const double d = std::abs(static_cast<double>(got.data[i]) - static_cast<double>(e[i]));
+    const std::size_t r = i / static_cast<std::size_t>(vocab), c = i % static_cast<std::size_t>(vocab);
+    const std::int64_t row = rows.empty() ? static_cast<std::int64_t>(r) : rows[r];
+    if (row < 0 || row >= got.shape[0]) {
+      throw Failure(name + ": position " + std::to_string(row) + " is not in the .npy");
+    }
+    const float g = got.data[static_cast<std::size_t>(row) * static_cast<std::size_t>(vocab) + c];
+    const double d = std::abs(static_cast<double>(g) - static_cast<double>(e[i]));
     if (!(d <= tol)) {
-      throw Failure("logits[" + std::to_string(i / static_cast<std::size_t>(shape[1])) + ", " +
-                    std::to_string(i % static_cast<std::size_t>(shape[1])) + "] = " + std::to_string(got.data[i]) +
+      throw Failure("logits[" + std::to_string(row) + ", " + std::to_string(c) + "] = " + std::to_string(g) +
                     ", expected " + std::to_string(e[i]) + " (tolerance " + std::to_string(tol) + ")");
     }
     worst = std::max(worst, d);
   }
-  std::cout << "ok: logits [" << join(shape) << "] match " << name << ", max |diff| " << worst << " <= " << tol << "\n";
+  std::cout << "ok: logits [" << join(shape) << "] match " << name
+            << (rows.empty() ? std::string() : " at positions [" + join(rows) + "]") << ", max |diff| " << worst
+            << " <= " << tol << "\n";
 }
 
 // A checker's main(): reads "--key value" pairs (each of `required` must be
