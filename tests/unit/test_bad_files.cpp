@@ -6,6 +6,7 @@
 #include <tessera/io/checkpoint.hpp>
 #include <tessera/io/config.hpp>
 #include <tessera/io/safetensors.hpp>
+#include <tessera/models/decoder_family.hpp>
 #include <tessera/tokenizer/bpe.hpp>
 
 #include <nlohmann/json.hpp>
@@ -27,6 +28,14 @@ std::function<void()> loader_for(const std::string& loader, const std::filesyste
   if (loader == "safetensors") return [path] { (void)io::SafetensorsFile::open(path); };
   if (loader == "checkpoint") return [path] { io::Checkpoint::open(path).validate(); };
   if (loader == "config") return [path] { (void)io::Qwen2Config::load(path); };
+  // Parsed, then judged as the decoder judges it before loading a weight.
+  if (loader == "decoder_config") {
+    return [path] {
+      const auto config = io::DecoderConfig::load(path);
+      models::check_decoder_config(config, models::weights_for(models::detect_family(config, path.string())),
+                                   path.string());
+    };
+  }
   if (loader == "tokenizer") return [path] { (void)tokenizer::Tokenizer::from_file(path); };
   throw std::invalid_argument("unknown loader " + loader);
 }

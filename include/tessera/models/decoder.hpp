@@ -801,72 +801,10 @@ class Decoder {
     });
   }
 
-  // What this implementation does not cover fails at load, not silently:
-  // the one place that judges a config (io/ only parses it).
+  // What this implementation does not cover fails at load, not silently
+  // (check_decoder_config, the one place that judges a config).
   void check_supported(const std::string& dir) const {
-    const auto fail = [&](const std::string& what) {
-      throw FormatError(detail::concat(name(), ": ", dir, "/config.json: ", what));
-    };
-    const bool qwen2 = weights_.family == DecoderFamily::qwen2;
-    if (config_.hidden_act != "silu") {
-      fail(detail::concat("hidden_act \"", config_.hidden_act, "\" is not supported (", name(), " uses \"silu\")"));
-    }
-    if (qwen2 && config_.effective_sliding_window()) {
-      fail("sliding-window attention (use_sliding_window: true) is not supported yet");
-    }
-    // InternLM2's remote config defaults "bias" to true; Llama's
-    // attention_bias to false. No published checkpoint of the three
-    // families has these biases, and tensor-parallel o_proj biases would
-    // need adding once after the reduction.
-    if (!qwen2 && config_.attention_bias.value_or(weights_.family == DecoderFamily::internlm2)) {
-      fail(detail::concat(weights_.family == DecoderFamily::internlm2 ? "bias" : "attention_bias",
-                          " is true (or absent, whose default is true for InternLM2): attention biases are not "
-                          "supported for ", name()));
-    }
-    if (config_.mlp_bias) fail("mlp_bias is true: MLP biases are not supported");
-    if (config_.partial_rotary_factor != 1.0) {
-      fail(detail::concat("partial_rotary_factor ", config_.partial_rotary_factor,
-                          " is not supported (tessera rotates the whole head)"));
-    }
-    check_rope(fail);
-  }
-
-  // RoPE variants: M-RoPE (Qwen2.5-VL's language model; plain RoPE for
-  // text, multimodal positions come in through forward_edited's [3, S]
-  // positions), linear, dynamic NTK, LongRoPE, llama3.
-  template <class Fail>
-  void check_rope(const Fail& fail) const {
-    const io::RopeConfig& r = config_.rope;
-    const auto where = [&] { return r.key.empty() ? std::string("rope_scaling") : r.key; };
-    const auto need = [&](bool ok, std::string_view what) {
-      if (!ok) fail(detail::concat(where(), " has type \"", r.type, "\" but ", what));
-    };
-    const std::int64_t half = config_.head_dim() / 2;
-    if (r.type == "default" || r.type == "mrope") return;
-    if (r.type == "linear" || r.type == "dynamic") {
-      need(r.factor.has_value(), "no \"factor\"");
-      if (r.type == "dynamic") need(*r.factor >= 1.0, "a \"factor\" below 1");
-      return;
-    }
-    if (r.is_longrope()) {
-      need(r.original_max_position_embeddings.has_value(),
-           "no original_max_position_embeddings (in it or at the top level of config.json)");
-      for (const auto* list : {&r.short_factor, &r.long_factor}) {
-        need(static_cast<std::int64_t>(list->size()) == half,
-             detail::concat(list == &r.short_factor ? "short_factor" : "long_factor", " has ", list->size(),
-                            " entries; it needs head_dim / 2 = ", half));
-      }
-      return;
-    }
-    if (r.type == "llama3") {
-      need(r.factor && r.low_freq_factor && r.high_freq_factor && r.original_max_position_embeddings,
-           "not all of factor, low_freq_factor, high_freq_factor, original_max_position_embeddings");
-      need(*r.high_freq_factor > *r.low_freq_factor, "high_freq_factor <= low_freq_factor");
-      return;
-    }
-    fail(detail::concat(where(), " has type \"", r.type,
-                        "\", which tessera does not support (supported: \"default\", \"mrope\", \"linear\", "
-                        "\"dynamic\", \"su\"/\"longrope\", \"llama3\")"));
+    check_decoder_config(config_, weights_, dir + "/config.json");
   }
 
   io::DecoderConfig config_;

@@ -90,6 +90,8 @@ inline placement::ModelDescription describe_decoder(const std::filesystem::path&
                                                     const std::optional<std::string>& lm_head = std::nullopt) {
   io::DecoderConfig config = io::DecoderConfig::load(dir);
   const DecoderWeights weights = weights_for(detect_family(config, (dir / "config.json").string()));
+  // What the decoder would refuse at load is refused before planning too.
+  check_decoder_config(config, weights, (dir / "config.json").string());
   const io::Checkpoint checkpoint = io::Checkpoint::open(dir);
   std::string head = lm_head.value_or(weights.lm_head);
   placement::ModelDescription m;
