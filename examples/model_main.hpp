@@ -5,7 +5,8 @@
 //
 //   flags        the common input/decoding/running flags (cli_common.hpp),
 //                the placement flags (placement_cli.hpp) and the family's own
-//   checks       the model directory (tokenizer.json unless --ids), --logits-out
+//   checks       the model directory (tokenizer.json for --prompt and
+//                --input-ids), --logits-out
 //   mpirun       one process per tensor-parallel rank: rank 0 speaks, the
 //                others are silenced (their errors still reach stderr)
 //   --placement  the closed list of placements.hpp, each instantiated in its
@@ -29,12 +30,12 @@
 //   static std::span<const std::int64_t> prompt_ids(const Prompt&);
 //   static decltype(auto) model_input(const Prompt&);   what model.forward(x, cache)
 //                                                       and generate() take
-//   static placement::Plan plan(dir, const Config&, const placement::PlanRequest&);
 //   template <class P, class T>
 //   static Model<P, T> load(const Config&, const io::Checkpoint&, placement::Layout,
 //                           placement::Comms<P>);
 //     (the above is what run_placed needs: the family's header)
 //   static std::string_view usage();            --help's first part
+//   static placement::Plan plan(dir, const Config&, const placement::PlanRequest&);
 //   static void add_flags(FlagParser&, Options&);
 //   static Config load_config(const fs::path& dir);
 //   static Inputs<Prompt> prepare(const CommonOptions&, const Options&,
@@ -50,6 +51,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -92,8 +94,13 @@ struct Job {
   std::optional<Inputs<typename F::Prompt>> inputs;  // none: --plan-only without a prompt
   generate::SamplingOptions sampling;
   // The sizes, budgets, strategy and pins; run_placed adds the policy's
-  // stages, the element size and the communicators.
+  // stages, the element size and the communicators, and calls plan.
   placement::PlanRequest request;
+  // F::plan on this checkpoint. It is compiled here, in the main
+  // translation unit, and called through this function: the planner, the
+  // description and their JSON parsing would otherwise be two thirds of
+  // every placement's compile time.
+  std::function<placement::Plan(const placement::PlanRequest&)> plan;
   const comm::MpiSession* mpi = nullptr;              // under mpirun
 };
 
@@ -217,7 +224,7 @@ inline std::string prompt_source(const CommonOptions& c, std::string_view how_te
 template <class F>
 int run_example(const ExampleOptions<F>& o) {
   const CommonOptions& c = o.common;
-  check_model_dir(c.model, /*tokenizer=*/!c.ids);
+  check_model_dir(c.model, /*tokenizer=*/c.prompt || c.input_ids);  // not with --ids or a bare --plan-only
   if (c.logits_out) check_output_path(*c.logits_out);
   const std::string spec = o.placement.placement.value_or(c.device);
   const MpiProcess mpi(spec);
@@ -227,6 +234,7 @@ int run_example(const ExampleOptions<F>& o) {
   job.options = &o;
   job.mpi = mpi.session();
   job.config = F::load_config(c.model);
+  job.plan = [&](const placement::PlanRequest& request) { return F::plan(c.model, job.config, request); };
   const io::DecoderConfig& text = F::text_config(job.config);
   placement::PlanRequest& r = job.request;
   r.budgets = o.placement.max_memory;

@@ -26,7 +26,7 @@ int run_placed(const Job<F>& job, const std::string& label) {
   request.one_process = job.mpi == nullptr;
   if (!job.inputs) {  // --plan-only without a prompt: the plan alone, on stdout
     request.communicator = "in-process";
-    const placement::Plan plan = F::plan(c.model, job.config, request);
+    const placement::Plan plan = job.plan(request);
     std::cout << "placement " << label << "\n" << plan.table();
     return 0;
   }
@@ -36,7 +36,7 @@ int run_placed(const Job<F>& job, const std::string& label) {
   placement::Comms<P> comms = make_comms<P>(job.mpi);
   const std::string described = describe_comms<P>(comms);
   request.communicator = described.empty() ? "in-process" : described;
-  const placement::Plan plan = F::plan(c.model, job.config, request);
+  const placement::Plan plan = job.plan(request);
   (o.placement.plan_only ? std::cout : std::cerr) << "-- placement " << label << "\n" << plan.table();
   if (o.placement.plan_only) return 0;
   apply_budgets<P>(plan);

@@ -24,6 +24,9 @@
 #include <system_error>
 #include <vector>
 
+#include <tessera/models/qwen2_5_vl_description.hpp>
+#include <tessera/placement/planner.hpp>
+
 namespace tessera::cli {
 namespace {
 namespace vl = tessera::models::qwen2_5_vl;
@@ -213,6 +216,10 @@ void Qwen2_5_VLExample::add_flags(FlagParser& parser, Options& o) {
 
 void Qwen2_5_VLExample::check(const CommonOptions&, const Options& o) {
   if (o.fps && o.videos.empty()) throw UsageError("--fps applies to --video-frames only");
+}
+
+placement::Plan Qwen2_5_VLExample::plan(const fs::path& dir, const Config&, const placement::PlanRequest& r) {
+  return placement::plan_model(models::qwen2_5_vl::describe(dir), r);
 }
 
 Inputs<vl::Prompt> Qwen2_5_VLExample::prepare(const CommonOptions& c, const Options& o,

@@ -15,9 +15,7 @@
 
 #include "model_main.hpp"
 #include <tessera/models/qwen2_5_vl.hpp>
-#include <tessera/models/qwen2_5_vl_description.hpp>
 #include <tessera/models/qwen2_5_vl_processor.hpp>
-#include <tessera/placement/planner.hpp>
 
 namespace tessera::cli {
 
@@ -39,10 +37,6 @@ struct Qwen2_5_VLExample {
   static std::span<const std::int64_t> prompt_ids(const Prompt& p) { return p.ids; }
   static const Prompt& model_input(const Prompt& p) { return p; }
 
-  static placement::Plan plan(const std::filesystem::path& dir, const Config&, const placement::PlanRequest& r) {
-    return placement::plan_model(models::qwen2_5_vl::describe(dir), r);
-  }
-
   template <DevicePlacement P, FloatType T>
   static Model<P, T> load(const Config& c, const io::Checkpoint& checkpoint, placement::Layout layout,
                           placement::Comms<P> comms) {
@@ -54,6 +48,7 @@ struct Qwen2_5_VLExample {
   static void add_flags(FlagParser& parser, Options& o);
   static void check(const CommonOptions& c, const Options& o);
   static Config load_config(const std::filesystem::path& dir) { return Config::load(dir); }
+  static placement::Plan plan(const std::filesystem::path& dir, const Config&, const placement::PlanRequest& r);
   static Inputs<Prompt> prepare(const CommonOptions& c, const Options& o, const tokenizer::Tokenizer* tok,
                                 const Config& config);
   static void plan_sizes(const CommonOptions& c, const Options& o, const Config& config, const Prompt* prompt,

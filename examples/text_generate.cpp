@@ -19,6 +19,8 @@
 #include <vector>
 
 #include <tessera/generate/chat.hpp>
+#include <tessera/models/decoder_description.hpp>
+#include <tessera/placement/planner.hpp>
 
 namespace tessera::cli {
 
@@ -45,6 +47,10 @@ TextGenerate::Config TextGenerate::load_config(const fs::path& dir) {
   Config c{io::DecoderConfig::load(dir), {}};
   c.weights = models::weights_for(models::detect_family(c.text, (dir / "config.json").string()));
   return c;
+}
+
+placement::Plan TextGenerate::plan(const fs::path& dir, const Config& c, const placement::PlanRequest& r) {
+  return placement::plan_model(models::describe_decoder(dir, kPrefix, c.weights.lm_head), r);
 }
 
 Inputs<TextGenerate::Prompt> TextGenerate::prepare(const CommonOptions& c, const Options&,

@@ -14,8 +14,6 @@
 
 #include "model_main.hpp"
 #include <tessera/models/decoder.hpp>
-#include <tessera/models/decoder_description.hpp>
-#include <tessera/placement/planner.hpp>
 
 namespace tessera::cli {
 
@@ -36,10 +34,6 @@ struct TextGenerate {
   static std::span<const std::int64_t> prompt_ids(const Prompt& p) { return p; }
   static std::span<const std::int64_t> model_input(const Prompt& p) { return p; }
 
-  static placement::Plan plan(const std::filesystem::path& dir, const Config& c, const placement::PlanRequest& r) {
-    return placement::plan_model(models::describe_decoder(dir, kPrefix, c.weights.lm_head), r);
-  }
-
   template <DevicePlacement P, FloatType T>
   static Model<P, T> load(const Config& c, const io::Checkpoint& checkpoint, placement::Layout layout,
                           placement::Comms<P> comms) {
@@ -51,6 +45,7 @@ struct TextGenerate {
   static std::string_view usage();
   static void add_flags(FlagParser&, Options&) {}
   static Config load_config(const std::filesystem::path& dir);
+  static placement::Plan plan(const std::filesystem::path& dir, const Config& c, const placement::PlanRequest& r);
   static Inputs<Prompt> prepare(const CommonOptions& c, const Options&, const tokenizer::Tokenizer* tok,
                                 const Config& config);
 };
