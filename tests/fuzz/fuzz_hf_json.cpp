@@ -1,6 +1,6 @@
 // libFuzzer target for the JSON files of a Hugging Face checkpoint:
 // model.safetensors.index.json (parse_checkpoint_index), config.json
-// (Qwen2Config) and generation_config.json (GenerationConfig). Every input
+// (DecoderConfig, then the decoder's judgement of it) and generation_config.json (GenerationConfig). Every input
 // goes through all three parsers; each must either succeed (and then satisfy
 // its invariants) or fail with a tessera::Error. Anything else (a crash, a
 // sanitizer report, a foreign exception such as nlohmann's, a broken
@@ -12,6 +12,7 @@
 // with any compiler.
 #include <tessera/io/checkpoint.hpp>
 #include <tessera/io/config.hpp>
+#include <tessera/models/decoder_family.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -43,8 +44,27 @@ void config_invariants(std::string_view text) {
   check(c.head_dim_override || c.hidden_size % c.num_attention_heads == 0);
   check(c.rms_norm_eps > 0 && c.rope.theta > 0);
   check(static_cast<std::int64_t>(c.layer_types.size()) == c.num_hidden_layers);
-  check(c.rope.type == "default" || c.rope.type == "mrope");
   for (auto id : c.eos_token_ids) check(id >= 0);
+  for (const double f : c.rope.short_factor) check(f > 0);
+  for (const double f : c.rope.long_factor) check(f > 0);
+  // io parses every RoPE variant; the decoder's judgement (the one place
+  // that says what runs) either refuses the config with a tessera::Error
+  // or leaves a variant whose parameters the RoPE code can rely on.
+  const auto weights = tessera::models::weights_for(tessera::models::detect_family(c, "fuzz-config.json"));
+  tessera::models::check_decoder_config(c, weights, "fuzz-config.json");
+  const auto& r = c.rope;
+  const auto half = static_cast<std::size_t>(c.head_dim() / 2);
+  check(r.type == "default" || r.type == "mrope" || r.type == "linear" || r.type == "dynamic" || r.is_longrope() ||
+        r.type == "llama3");
+  if (r.type == "linear" || r.type == "dynamic") check(r.factor && *r.factor > 0);
+  if (r.is_longrope()) {
+    check(r.original_max_position_embeddings && *r.original_max_position_embeddings > 0);
+    check(r.short_factor.size() == half && r.long_factor.size() == half);
+  }
+  if (r.type == "llama3") {
+    check(r.factor && r.low_freq_factor && r.high_freq_factor && *r.high_freq_factor > *r.low_freq_factor);
+    check(r.original_max_position_embeddings && *r.original_max_position_embeddings > 0);
+  }
 }
 
 void generation_invariants(std::string_view text) {
