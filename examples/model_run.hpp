@@ -32,7 +32,14 @@ int run_placed(const Job<F>& job, const std::string& label) {
   }
 
   // The plan, from the headers, before anything is loaded: a placement that
-  // does not fit fails here with every device's need and budget.
+  // does not fit fails here with every device's need and budget. --plan-only
+  // opens no communicator (NCCL would need the GPUs): in one process the
+  // plan assumes the in-process all-reduce, the costlier one.
+  if (o.placement.plan_only && job.mpi == nullptr) {
+    request.communicator = "in-process";
+    std::cout << "-- placement " << label << "\n" << job.plan(request).table();
+    return 0;
+  }
   placement::Comms<P> comms = make_comms<P>(job.mpi);
   const std::string described = describe_comms<P>(comms);
   request.communicator = described.empty() ? "in-process" : described;
