@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <tessera/io/safetensors.hpp>
 #include <tessera/models/minicpm_v_processor.hpp>
 
 #include "test_util.hpp"
@@ -380,6 +381,229 @@ TEST(MiniCPMVProcessor, PlanMatchesSlices) {
   EXPECT_EQ(strip.source, (Size{14, 14}));
   EXPECT_EQ(strip.refine, (Size{300006, 14}));
   EXPECT_EQ(strip.cell, (Size{100002, 14}));
+}
+
+
+// ---- the oracle's fixtures (tests/fixtures/minicpm_v) --------------------------------
+
+std::filesystem::path fixture_dir() {
+  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "minicpm_v";
+}
+
+struct Reference {
+  nlohmann::json meta;
+  io::SafetensorsFile arrays;
+  Reference()
+      : meta(nlohmann::json::parse(std::ifstream(fixture_dir() / "reference.json"))),
+        arrays(io::SafetensorsFile::open(fixture_dir() / "reference.safetensors")) {}
+  std::vector<std::int64_t> ints(const std::string& name) const {
+    const auto t = arrays.load<Host, std::int64_t>(name);
+    return {t.span().begin(), t.span().end()};
+  }
+  bool has(const std::string& name) const { return arrays.find(name) != nullptr; }
+  // An int64 [m, 2] array as pairs.
+  std::vector<std::array<std::int64_t, 2>> pairs(const std::string& name) const {
+    const auto flat = ints(name);
+    std::vector<std::array<std::int64_t, 2>> out;
+    for (std::size_t i = 0; i + 1 < flat.size(); i += 2) out.push_back({flat[i], flat[i + 1]});
+    return out;
+  }
+};
+
+// nullptr (and the test skipped) until the oracle's fixtures are committed.
+const Reference* reference() {
+  static const std::optional<Reference> r = [] {
+    return std::filesystem::exists(fixture_dir() / "reference.json") ? std::optional<Reference>(std::in_place)
+                                                                     : std::nullopt;
+  }();
+  return r ? &*r : nullptr;
+}
+
+#define MINICPM_V_FIXTURES_OR_SKIP()                                                             \
+  const Reference* ref_ptr = reference();                                                        \
+  if (ref_ptr == nullptr) GTEST_SKIP() << "no " << (fixture_dir() / "reference.json").string(); \
+  const Reference& ref = *ref_ptr
+
+std::optional<Grid> json_grid(const nlohmann::json& g) {
+  if (g.is_null()) return std::nullopt;
+  return Grid{g[0].get<std::int64_t>(), g[1].get<std::int64_t>()};
+}
+
+std::vector<mv::TgtSize> json_tgt(const nlohmann::json& t) {
+  std::vector<mv::TgtSize> out;
+  for (const auto& row : t) out.push_back({row[0].get<std::int64_t>(), row[1].get<std::int64_t>()});
+  return out;
+}
+
+std::vector<mv::TgtSize> as_tgt(const std::vector<std::array<std::int64_t, 2>>& p) { return {p.begin(), p.end()}; }
+
+TEST(MiniCPMVProcessorFixtures, ConfigAndSpecialTokens) {
+  MINICPM_V_FIXTURES_OR_SKIP();
+  const auto cfg = mv::ProcessorConfig::load(fixture_dir() / "model");
+  EXPECT_TRUE(cfg.use_image_id);
+  EXPECT_TRUE(cfg.slice_mode);
+  EXPECT_EQ(cfg.max_slice_nums, ref.meta["image_processor"]["max_slice_nums"].get<std::int64_t>());
+  EXPECT_EQ(cfg.scale_resolution, ref.meta["image_processor"]["scale_resolution"].get<std::int64_t>());
+  EXPECT_EQ(cfg.patch_size, ref.meta["image_processor"]["patch_size"].get<std::int64_t>());
+  EXPECT_EQ(cfg.image_feature_size, ref.meta["image_processor"]["image_feature_size"].get<std::int64_t>());
+  const auto tok = tokenizer::Tokenizer::from_file(fixture_dir() / "model" / "tokenizer.json");
+  const mv::SpecialTokens t = mv::SpecialTokens::from(tok, cfg);
+  const auto& ids = ref.meta["special_tokens"];
+  EXPECT_EQ(t.image_start, ids["<image>"].get<std::int64_t>());
+  EXPECT_EQ(t.image_end, ids["</image>"].get<std::int64_t>());
+  EXPECT_EQ(t.slice_start, ids["<slice>"].get<std::int64_t>());
+  EXPECT_EQ(t.slice_end, ids["</slice>"].get<std::int64_t>());
+  EXPECT_EQ(t.id_start, ids["<image_id>"].get<std::int64_t>());
+  EXPECT_EQ(t.id_end, ids["</image_id>"].get<std::int64_t>());
+  EXPECT_EQ(t.unk, ids["<unk>"].get<std::int64_t>());
+  // A tokenizer without them is refused by name.
+  const auto plain = tokenizer::Tokenizer::from_file(fixture_dir().parent_path() / "tokenizer" / "tokenizer.json");
+  expect_error<FormatError>([&] { (void)mv::SpecialTokens::from(plain, cfg); }, {"tokenizer.json", "<image>"});
+}
+
+// Every committed image: grids and tgt_sizes under max_slice_nums 2 and 9,
+// the resized uint8 slices bit for bit, and the pixel values.
+TEST(MiniCPMVProcessorFixtures, SlicesTgtSizesAndPixels) {
+  MINICPM_V_FIXTURES_OR_SKIP();
+  const auto base = mv::ProcessorConfig::load(fixture_dir() / "model");
+  ASSERT_FALSE(ref.meta["images"].empty());
+  for (const auto& [name, m] : ref.meta["images"].items()) {
+    SCOPED_TRACE(name);
+    const auto file = (fixture_dir() / m["file"].get<std::string>()).string();
+    const mv::RgbImage img = io::load_rgb_image(file);
+    ASSERT_EQ(img.width, m["width"].get<std::int64_t>());
+    ASSERT_EQ(img.height, m["height"].get<std::int64_t>());
+    for (const std::int64_t msn : {2L, 9L}) {
+      SCOPED_TRACE(::testing::Message() << "max_slice_nums " << msn);
+      mv::ProcessorConfig cfg = base;
+      cfg.max_slice_nums = msn;
+      const auto& want = m["msn" + std::to_string(msn)];
+      const mv::SlicePlan plan = mv::plan_slices(img.width, img.height, cfg, file);
+      EXPECT_EQ(plan.grid, json_grid(want["grid"]));
+      const std::string key = "proc.msn" + std::to_string(msn) + "." + name;
+      const auto grid = ref.ints(key + ".grid");
+      EXPECT_EQ(plan.grid.value_or(Grid{0, 0}), (Grid{grid[0], grid[1]}));
+      std::vector<std::vector<std::int64_t>> sizes = {{plan.source.width, plan.source.height}};
+      for (std::int64_t i = 0; plan.grid && i < (*plan.grid)[0] * (*plan.grid)[1]; ++i) {
+        sizes.push_back({plan.cell.width, plan.cell.height});
+      }
+      EXPECT_EQ(sizes, want["slice_sizes_wh"].get<std::vector<std::vector<std::int64_t>>>());
+      const auto tgt = json_tgt(want["tgt_sizes"]);
+      EXPECT_EQ(as_tgt(ref.pairs(key + ".tgt_sizes")), tgt);
+      if (msn != m["max_slice_nums"].get<std::int64_t>()) continue;
+
+      // The case's own max_slice_nums: slices and pixel values.
+      const mv::SlicedImage sliced = mv::slice_image(img, cfg, file);
+      const mv::ProcessedImage out = mv::process_image(img, cfg, file);
+      EXPECT_EQ(out.grid, json_grid(m["grid"]));
+      EXPECT_EQ(out.tgt_sizes, json_tgt(m["tgt_sizes"]));
+      EXPECT_EQ(out.tgt_sizes, tgt);
+      EXPECT_EQ(out.tgt_sizes, as_tgt(ref.pairs("proc." + name + ".tgt_sizes")));
+      const auto& files = m["slices"];
+      ASSERT_EQ(sliced.slices.size(), files.size());
+      ASSERT_EQ(out.slices.size(), files.size());
+      const auto first = ref.arrays.load<Host, float>("proc." + name + ".first_patch");  // [n, 3, 14, 14]
+      ASSERT_EQ(first.shape(), (Shape{static_cast<std::int64_t>(files.size()), 3, 14, 14}));
+      for (std::size_t k = 0; k < files.size(); ++k) {
+        SCOPED_TRACE(::testing::Message() << "slice " << k);
+        const mv::RgbImage want_u8 = io::load_rgb_image(fixture_dir() / files[k].get<std::string>());
+        ASSERT_EQ(sliced.slices[k].width, want_u8.width);
+        ASSERT_EQ(sliced.slices[k].height, want_u8.height);
+        EXPECT_TRUE(sliced.slices[k].pixels == want_u8.pixels) << "the PIL-resized slice differs";
+        // Pixel values: (u8/255 - 0.5)/0.5 in float32, channel-first, as the reference.
+        const std::int64_t h = want_u8.height, w = want_u8.width;
+        ASSERT_EQ(out.slices[k].shape(), (Shape{3, h, w}));
+        const float* px = out.slices[k].data();
+        double worst = 0.0;
+        for (std::int64_t c = 0; c < 3; ++c) {
+          for (std::int64_t y = 0; y < h; ++y) {
+            for (std::int64_t x = 0; x < w; ++x) {
+              const float e = (static_cast<float>(want_u8.at(y, x, c)) / 255.0F - 0.5F) / 0.5F;
+              worst = std::max(worst, static_cast<double>(std::fabs(px[(c * h + y) * w + x] - e)));
+            }
+          }
+        }
+        EXPECT_LE(worst, 1e-5);
+        double worst_first = 0.0;
+        const float* fp = first.data() + k * 3 * 14 * 14;
+        for (std::int64_t c = 0; c < 3; ++c) {
+          for (std::int64_t y = 0; y < 14; ++y) {
+            for (std::int64_t x = 0; x < 14; ++x) {
+              worst_first = std::max(worst_first, static_cast<double>(std::fabs(px[(c * h + y) * w + x] -
+                                                                               fp[(c * 14 + y) * 14 + x])));
+            }
+          }
+        }
+        EXPECT_LE(worst_first, 1e-5);
+      }
+    }
+  }
+}
+
+// Every case: the chat content, the expanded prompt, its ids through
+// tessera's tokenizer, the image bounds and the tgt_sizes.
+TEST(MiniCPMVProcessorFixtures, PromptsIdsAndImageBounds) {
+  MINICPM_V_FIXTURES_OR_SKIP();
+  const auto base = mv::ProcessorConfig::load(fixture_dir() / "model");
+  const auto tok = tokenizer::Tokenizer::from_file(fixture_dir() / "model" / "tokenizer.json");
+  const mv::SpecialTokens tokens = mv::SpecialTokens::from(tok, base);
+  std::size_t checked = 0;
+  for (const auto& [cname, c] : ref.meta["cases"].items()) {
+    if (cname == "batch") continue;
+    SCOPED_TRACE(cname);
+    mv::ProcessorConfig cfg = base;
+    cfg.max_slice_nums = c["max_slice_nums"].get<std::int64_t>();
+    cfg.use_image_id = c["use_image_id"].get<bool>();
+    std::vector<mv::ProcessedImage> images;
+    std::vector<mv::TgtSize> tgt;
+    for (const auto& iname : c["images"]) {
+      const auto& im = ref.meta["images"][iname.get<std::string>()];
+      images.push_back(mv::process_image(io::load_rgb_image(fixture_dir() / im["file"].get<std::string>()), cfg,
+                                         im["file"].get<std::string>()));
+      tgt.insert(tgt.end(), images.back().tgt_sizes.begin(), images.back().tgt_sizes.end());
+    }
+    // chat(): the image markers, then the text, joined by "\n".
+    const std::string content = c["content"].get<std::string>();
+    const std::string text = content.substr(content.rfind('\n') == std::string::npos ? 0 : content.rfind('\n') + 1);
+    EXPECT_EQ(mv::chat_content(static_cast<std::int64_t>(images.size()), text), content);
+    for (std::size_t k = 0; k < images.size(); ++k) {
+      EXPECT_EQ(mv::image_placeholder(images[k], static_cast<std::int64_t>(k), cfg),
+                c["placeholders"][k].get<std::string>());
+    }
+    const std::string prompt = mv::expand_image_markers(c["chat_text"].get<std::string>(), images, cfg);
+    EXPECT_EQ(prompt, c["prompt_text"].get<std::string>());
+    tokenizer::EncodeOptions plain;
+    plain.add_special_tokens = false;
+    const std::vector<tokenizer::TokenId> ids32 = tok.encode(prompt, plain);
+    const std::vector<std::int64_t> ids(ids32.begin(), ids32.end());
+    EXPECT_EQ(ids, ref.ints(cname + ".input_ids"));
+    const auto bounds = mv::image_bounds(ids, tokens);
+    if (images.empty()) {
+      EXPECT_TRUE(bounds.empty());
+    } else {
+      EXPECT_EQ(bounds, ref.pairs(cname + ".image_bounds"));
+      EXPECT_EQ(tgt, as_tgt(ref.pairs(cname + ".tgt_sizes")));
+      EXPECT_EQ(bounds.size(), tgt.size());  // one span per slice
+    }
+    for (const auto& b : bounds) EXPECT_EQ(b[1] - b[0], cfg.image_feature_size);
+    ++checked;
+  }
+  EXPECT_GE(checked, 5U);
+}
+
+// The batch's left-padded rows: the bounds in padded coordinates.
+TEST(MiniCPMVProcessorFixtures, BatchImageBounds) {
+  MINICPM_V_FIXTURES_OR_SKIP();
+  if (!ref.has("batch.input_ids")) GTEST_SKIP() << "no batch case";
+  const auto tok = tokenizer::Tokenizer::from_file(fixture_dir() / "model" / "tokenizer.json");
+  const mv::SpecialTokens tokens = mv::SpecialTokens::from(tok);
+  const auto& info = ref.arrays.at("batch.input_ids");
+  const auto all = ref.ints("batch.input_ids");
+  const std::int64_t rows = info.shape[0], width = info.shape[1];
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::span<const std::int64_t> row(all.data() + r * width, static_cast<std::size_t>(width));
+    EXPECT_EQ(mv::image_bounds(row, tokens), ref.pairs("batch.image_bounds." + std::to_string(r))) << "row " << r;
+  }
 }
 
 }  // namespace

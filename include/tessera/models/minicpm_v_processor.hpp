@@ -89,8 +89,12 @@ namespace tessera::models::minicpm_v {
 
 using io::RgbImage;
 
-// (patch rows, patch cols) of one slice: the reference's tgt_sizes row.
+// (patch rows, patch cols) of one slice: the reference's tgt_sizes row
+// (minicpm_v_vision.hpp declares the same alias under the same guard).
+#ifndef TESSERA_MINICPM_V_TGT_SIZE_DEFINED
+#define TESSERA_MINICPM_V_TGT_SIZE_DEFINED
 using TgtSize = std::array<std::int64_t, 2>;
+#endif
 
 // A slice grid, [cols, rows] as the reference's best_grid.
 using Grid = std::array<std::int64_t, 2>;
