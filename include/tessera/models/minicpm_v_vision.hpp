@@ -54,6 +54,9 @@
 // the ROW h (the grid is meshgrid(arange(W), arange(H)), 'xy'), each as
 //   [sin(p * omega_k) | cos(p * omega_k)],  k = 0 .. D/4 - 1,
 //   omega_k = 1 / 10000 ** (float32(k) / float32(D/4))    (float32 throughout)
+// (the angle p * omega_k is numpy's float32 product, reproduced exactly; sin
+// and cos are then correctly rounded, where numpy's float32 SIMD sin/cos are
+// a few ulp off: 3.8e-6 at most on the oracle's sample up to position 118),
 // so an entry depends only on (h, w): the reference grows its cached 70 x 70
 // table for slices wider or taller than 70 without changing old entries, and
 // tessera builds the one-axis table for the positions a batch needs and
@@ -635,41 +638,31 @@ class Resampler {
     const std::int64_t d = config_.embed_dim, nq = config_.num_queries, slices = std::ssize(tgt_sizes);
     const std::int64_t heads = config_.num_heads, hd = config_.head_dim();
     const double eps = config_.eps;
+    std::vector<std::int64_t> lengths;
+    for (const auto& [h, w] : tgt_sizes) lengths.push_back(h * w);
+    const std::vector<std::int64_t> query_lengths(static_cast<std::size_t>(slices), nq);
 
-    // Host plan: the sin-cos table of one axis for every position a slice
-    // uses, the column and row of each key, and the segment offsets.
-    std::int64_t longest = 0;
-    std::vector<std::int64_t> lengths, query_lengths(static_cast<std::size_t>(slices), nq), cols, rows;
-    for (const auto& [h, w] : tgt_sizes) {
-      longest = std::max({longest, h, w});
-      lengths.push_back(h * w);
-      for (std::int64_t y = 0; y < h; ++y) {
-        for (std::int64_t x = 0; x < w; ++x) {
-          cols.push_back(x);
-          rows.push_back(y);
-        }
+    // Scopes end each intermediate's life where the next stage no longer
+    // needs it (encoder_cost counts the stages).
+    Tensor<D, T> attn;
+    {
+      Tensor<D, T> k, v;
+      {
+        const Tensor<D, T> x = ops::layer_norm(kv_ ? kv_->forward(vision_out) : contiguous(vision_out.view()),
+                                               ln_kv_.weight, ln_kv_.bias, eps);
+        k = wk_.forward(ops::add(x, position_embedding(tgt_sizes)));
+        v = wv_.forward(x);
       }
+      // The queries are the same for every slice: projected once, repeated.
+      const Tensor<D, T> q_one = wq_.forward(ops::layer_norm(query_, ln_q_.weight, ln_q_.bias, eps));
+      const std::vector<TensorView<D, const T>> copies(static_cast<std::size_t>(slices), q_one.view());
+      const Tensor<D, T> q = slices == 1 ? contiguous(q_one.view()) : ops::concat(copies, 0);
+      ops::AttentionOptions options;
+      options.mask = ops::MaskKind::Full;  // cross-attention; scale (D / heads)^-0.5
+      attn = ops::attention(q.view().reshape({slices * nq, heads, hd}), k.view().reshape({total, heads, hd}),
+                            v.view().reshape({total, heads, hd}), to<D>(vision_detail::cu_seqlens(query_lengths)),
+                            to<D>(vision_detail::cu_seqlens(lengths)), options);
     }
-    const std::vector<float> axis = vision_detail::sincos_axis(d, longest);
-    const Tensor<D, T> table = to<D>(ops::cast<T>(Tensor<Host, float>::from(axis, Shape{longest, d / 2})));
-    const Tensor<D, std::int32_t> cu_q = to<D>(vision_detail::cu_seqlens(query_lengths));
-    const Tensor<D, std::int32_t> cu_k = to<D>(vision_detail::cu_seqlens(lengths));
-
-    const Tensor<D, T> x = ops::layer_norm(kv_ ? kv_->forward(vision_out) : contiguous(vision_out.view()),
-                                           ln_kv_.weight, ln_kv_.bias, eps);
-    // pe [L, D] = [axis(col) | axis(row)], in T as the reference's .to(dtype).
-    const Tensor<D, T> pe = ops::concat(1, ops::embedding(table, to<D>(vision_detail::host_tensor(cols))),
-                                        ops::embedding(table, to<D>(vision_detail::host_tensor(rows))));
-    const Tensor<D, T> k = wk_.forward(ops::add(x, pe));
-    const Tensor<D, T> v = wv_.forward(x);
-    // The queries are the same for every slice: projected once, repeated.
-    const Tensor<D, T> q_one = wq_.forward(ops::layer_norm(query_, ln_q_.weight, ln_q_.bias, eps));
-    const std::vector<TensorView<D, const T>> copies(static_cast<std::size_t>(slices), q_one.view());
-    const Tensor<D, T> q = slices == 1 ? contiguous(q_one.view()) : ops::concat(copies, 0);
-    ops::AttentionOptions options;
-    options.mask = ops::MaskKind::Full;  // cross-attention; scale (D / heads)^-0.5
-    Tensor<D, T> attn = ops::attention(q.view().reshape({slices * nq, heads, hd}), k.view().reshape({total, heads, hd}),
-                                       v.view().reshape({total, heads, hd}), cu_q, cu_k, options);
     attn.reshape_inplace(Shape{slices * nq, d});
     return ops::matmul(ops::layer_norm(out_.forward(attn), ln_post_.weight, ln_post_.bias, eps), proj_);
   }
@@ -678,6 +671,28 @@ class Resampler {
   struct Norm {
     Tensor<D, T> weight, bias;
   };
+
+  // pe [sum L_i, D] on D, in T as the reference's pos_embed.to(dtype): the
+  // one-axis sin-cos table for every position a slice uses, gathered at each
+  // key's column (first half) and row (second half).
+  Tensor<D, T> position_embedding(std::span<const TgtSize> tgt_sizes) const {
+    std::int64_t longest = 0;
+    std::vector<std::int64_t> cols, rows;
+    for (const auto& [h, w] : tgt_sizes) {
+      longest = std::max({longest, h, w});
+      for (std::int64_t y = 0; y < h; ++y) {
+        for (std::int64_t x = 0; x < w; ++x) {
+          cols.push_back(x);
+          rows.push_back(y);
+        }
+      }
+    }
+    const std::int64_t d = config_.embed_dim;
+    const Tensor<D, T> table =
+        to<D>(ops::cast<T>(Tensor<Host, float>::from(vision_detail::sincos_axis(d, longest), Shape{longest, d / 2})));
+    return ops::concat(1, ops::embedding(table, to<D>(vision_detail::host_tensor(cols))),
+                       ops::embedding(table, to<D>(vision_detail::host_tensor(rows))));
+  }
 
   Resampler(ResamplerConfig cfg, Tensor<D, T> query, std::optional<nn::Linear<D, T>> kv, Norm ln_q, Norm ln_kv,
             Norm ln_post, nn::Linear<D, T> wq, nn::Linear<D, T> wk, nn::Linear<D, T> wv, nn::Linear<D, T> out,
@@ -741,45 +756,48 @@ struct VisionEncoder {
 
 namespace tessera::models::minicpm_v {
 
-// Bytes on the encoder's device at the worst moment of one pass, with
-// elements of `element_size` bytes: the float patch rows the model copies
-// there and their cast, the index tensors, then the larger of the tower (the
-// residual stream and the widest layer) and the resampler (the tower's
-// output, its keys and values, the repeated queries, the attention), plus the
-// float copies of the widest half-precision GEMM and attention operands. An
-// upper bound: the test holds the measured peak under it.
+// Bytes on the encoder's device at the worst moment of one pass over
+// `patches` patch rows in `slices` slices, with elements of `element_size`
+// bytes: the float patch rows the model copies there and their cast to T
+// (alive throughout), then the worst stage of the tower or of the resampler
+// (with the tower's output alive), each stage counting what is alive in
+// NavitVision::forward / Resampler::forward at that point, plus the float
+// copies of the widest half-precision GEMM (ops/matmul.hpp). Host-built index
+// tensors and the sin-cos table are counted as if on the device (on a CPU
+// slot they are), so it is an upper bound on every device; the test holds
+// the ledger's measured peak under it.
 inline std::uint64_t encoder_cost(const VisionConfig& v, const ResamplerConfig& r, std::uint64_t patches,
                                   std::uint64_t slices, std::size_t element_size) {
   using u64 = std::uint64_t;
   if (patches == 0 || slices == 0) return 0;
   const u64 e = element_size, N = patches, S = slices;
+  const bool half = e != 4;
   const auto widen = [e](u64 m, u64 k, u64 n) { return placement::gemm_widening_bytes(e, m, k, n); };
   const u64 H = static_cast<u64>(v.hidden_size), I = static_cast<u64>(v.intermediate_size);
   const u64 pd = static_cast<u64>(v.num_channels * v.patch_size * v.patch_size);
   const u64 Dm = static_cast<u64>(r.embed_dim), Kv = static_cast<u64>(r.kv_dim), Q = static_cast<u64>(r.num_queries);
-  const u64 NH = N * H * e;
-  // The caller's float rows on the device and their cast to T.
-  const u64 pixels = 4 * N * pd + (e != 4 ? N * pd * e : 0);
-  // Position ids (int64), two int32 cu_seqlens per module, the gather ids
-  // (cols and rows) and the sin-cos axis table of the resampler.
-  const u64 index = 8 * N + 16 * N + 8 * (S + 1) * 2;
-  // Tower: x, then in a layer the LN output, qkv, attention output and
-  // projection (attention's float copies of q, k, v when e != 4), or the
-  // MLP's LN output, fc1, gelu and fc2; the embedding gather at the start.
-  const u64 attn_floats = e != 4 ? 12 * N * H : 0;
-  const u64 tower = NH + std::max({2 * NH, NH + 3 * NH + NH + NH + attn_floats, NH + 2 * N * I * e + NH});
-  // Resampler: the tower's output (N x kv) stays; x, pe (two halves and the
-  // concat), x + pe, K, V, the repeated queries, the attention output and
-  // out_proj, ln_post and the final product over S * Q rows.
-  const u64 NK = N * Kv * e, ND = N * Dm * e, QD = S * Q * Dm * e;
-  const u64 resampler_attn_floats = e != 4 ? 4 * (S * Q * Dm + 2 * N * Dm) : 0;
-  const u64 resampler = NK + std::max({ND + ND + 2 * ND,  // kv_proj output (before ln_kv), x, pe halves + pe
-                                       ND + ND + ND + ND,  // x, x + pe, K, V
-                                       ND + ND + ND + QD + QD + QD + resampler_attn_floats,  // x, K, V, q, attn
-                                       4 * QD});
+  const u64 NH = N * H * e, NI = N * I * e, ND = N * Dm * e, NK = N * Kv * e;
+  const u64 Q1 = Q * Dm * e, QS = S * Q * Dm * e;
+  const u64 cu = 8 * (S + 1);  // an int32 cu_seqlens on the host and on the device
+  const u64 pixels = 4 * N * pd + (half ? N * pd * e : 0);
+  // Tower: x and the position gather (with the int64 ids, host and device);
+  // x, LN1, qkv, the attention output (and its float copies of q, k, v for
+  // half types on a CPU) and out_proj; x, LN2, fc1, gelu and fc2; x and
+  // post_layernorm.
+  const u64 tower = cu + std::max({2 * NH + 16 * N, 7 * NH + (half ? 12 * N * H : 0), 3 * NH + 2 * NI});
+  // Resampler, beside the tower's output [N, kv_dim]: kv_proj and ln_kv; x
+  // and the sin-cos table (float and T on the host, T on the device; its
+  // longest side is at most N); x, the table, the column and row ids and
+  // gathers and pe; x, pe, x + pe, K; x, K, V; K, V, the projected and the
+  // repeated queries and the attention output (and float copies); out_proj,
+  // ln_post and the product with proj.
+  const u64 table = 2 * N * Dm + N * Dm * e;
+  const u64 resampler =
+      NK + std::max({2 * ND, ND + table, 3 * ND + ND / 2 + 32 * N, 4 * ND,
+                     2 * ND + Q1 + 2 * QS + 2 * cu + (half ? 4 * (S * Q * Dm + 2 * N * Dm) : 0), 4 * QS});
   const u64 widest = std::max({widen(N, pd, H), widen(N, H, 3 * H), widen(N, H, I), widen(N, I, H),
                                widen(N, Kv, Dm), widen(N, Dm, Dm), widen(S * Q, Dm, Dm)});
-  return pixels + index + 4 * N * Dm / 2 + std::max(tower, resampler) + widest;
+  return pixels + std::max(tower, resampler) + widest;
 }
 
 }  // namespace tessera::models::minicpm_v
