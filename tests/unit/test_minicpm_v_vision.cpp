@@ -391,7 +391,9 @@ std::vector<double> reference_navit(const HostWeights& w, const mv::VisionConfig
 std::vector<double> reference_resampler(const HostWeights& w, const mv::ResamplerConfig& r,
                                         const std::vector<double>& vision, TgtSize t) {
   const std::int64_t d = r.embed_dim, hd = r.head_dim(), L = t[0] * t[1];
-  const auto x = layer_norm_ref(dense(vision, w, "resampler.kv_proj", r.kv_dim), w, "resampler.ln_kv", d);
+  // kv_proj is nn.Identity when kv_dim == embed_dim (no tensor).
+  const auto kv = w.count("resampler.kv_proj.weight") ? dense(vision, w, "resampler.kv_proj", r.kv_dim) : vision;
+  const auto x = layer_norm_ref(kv, w, "resampler.ln_kv", d);
   std::vector<double> kin(x);
   for (std::int64_t i = 0; i < L; ++i) {
     for (std::int64_t c = 0; c < d; ++c) kin[i * d + c] += sincos_ref(d, i / t[1], i % t[1], c);
@@ -525,6 +527,32 @@ TEST(MiniCpmVEncoder, MatchesDoubleReferenceCuda) {
   TESSERA_SKIP_UNLESS_AVAILABLE(Cuda<0>);
   report("Cuda<0> float32", run_tiny<Cuda<0>, float>("cuda_f32"), 1e-4, 1e-4);
   report("Cuda<0> bf16", run_tiny<Cuda<0>, bf16>("cuda_bf16"), 0.05, 0.05);
+}
+
+TEST(MiniCpmVEncoder, ResamplerWithIdentityKvProj) {
+  // kv_dim == embed_dim: MiniCPM-V's Resampler uses nn.Identity for kv_proj.
+  const Tiny& t = tiny();
+  mv::ResamplerConfig r = t.resampler;
+  r.kv_dim = r.embed_dim;
+  HostWeights weights = random_weights(t.config, r);
+  weights.erase("resampler.kv_proj.weight");
+  const TinyCheckpoint ckpt("identity_kv", weights);
+  const auto resampler = mv::Resampler<Cpu<0>, float>::load(io::Checkpoint::open(ckpt.dir()), "resampler.", r);
+  const std::vector<TgtSize> tgt = {{3, 4}, {1, 5}};
+  const auto vision = random_tensor<float>(Shape{17, r.embed_dim}, -2.0, 2.0);
+  const auto all = doubles(vision);
+  std::vector<double> expected;
+  std::int64_t row = 0;
+  for (const TgtSize& s : tgt) {
+    const std::int64_t n = s[0] * s[1];
+    const std::vector<double> part(all.begin() + row * r.embed_dim, all.begin() + (row + n) * r.embed_dim);
+    const auto y = reference_resampler(weights, r, part, s);
+    expected.insert(expected.end(), y.begin(), y.end());
+    row += n;
+  }
+  const auto got = to_doubles(resampler.forward(vision, tgt));
+  ASSERT_EQ(got.size(), expected.size());
+  EXPECT_LE(max_diff(got, expected), 1e-5 * max_abs(expected));
 }
 
 TEST(MiniCpmVEncoder, BadWeights) {
