@@ -467,6 +467,7 @@ TEST(MiniCPMVProcessorFixtures, SlicesTgtSizesAndPixels) {
   MINICPM_V_FIXTURES_OR_SKIP();
   const auto base = mv::ProcessorConfig::load(fixture_dir() / "model");
   ASSERT_FALSE(ref.meta["images"].empty());
+  std::size_t slices_checked = 0;
   for (const auto& [name, m] : ref.meta["images"].items()) {
     SCOPED_TRACE(name);
     const auto file = (fixture_dir() / m["file"].get<std::string>()).string();
@@ -535,9 +536,11 @@ TEST(MiniCPMVProcessorFixtures, SlicesTgtSizesAndPixels) {
           }
         }
         EXPECT_LE(worst_first, 1e-5);
+        ++slices_checked;
       }
     }
   }
+  EXPECT_GE(slices_checked, 16U);  // the five images' 16 slices, and the video frames'
 }
 
 // Every case: the chat content, the expanded prompt, its ids through
@@ -554,6 +557,10 @@ TEST(MiniCPMVProcessorFixtures, PromptsIdsAndImageBounds) {
     mv::ProcessorConfig cfg = base;
     cfg.max_slice_nums = c["max_slice_nums"].get<std::int64_t>();
     cfg.use_image_id = c["use_image_id"].get<bool>();
+    if (cname == "video") {  // the model card's recipe is what the oracle ran
+      EXPECT_EQ(mv::for_video(base).max_slice_nums, cfg.max_slice_nums);
+      EXPECT_EQ(mv::for_video(base).use_image_id, cfg.use_image_id);
+    }
     std::vector<mv::ProcessedImage> images;
     std::vector<mv::TgtSize> tgt;
     for (const auto& iname : c["images"]) {

@@ -587,38 +587,33 @@ namespace detail {
 template <class Id>
 std::vector<std::array<std::int64_t, 2>> image_bounds(std::span<const Id> ids, const SpecialTokens& t) {
   std::vector<std::array<std::int64_t, 2>> bounds;
-  std::optional<std::int64_t> open;  // index of the open <image>/<slice>
+  // The index of the open <image>/<slice>, -1 when none (not an optional:
+  // GCC 12 -O3 warns it may be read uninitialized).
+  std::int64_t open = -1;
   auto name = [&](std::int64_t id) {
     return id == t.image_start ? "<image>" : id == t.slice_start ? "<slice>" : id == t.image_end ? "</image>" : "</slice>";
   };
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    const auto id = static_cast<std::int64_t>(ids[i]);
-    const auto pos = static_cast<std::int64_t>(i);
+  auto id_at = [&](std::int64_t pos) { return static_cast<std::int64_t>(ids[static_cast<std::size_t>(pos)]); };
+  auto fail = [](const auto&... parts) { return ValueError(tessera::detail::concat("minicpm_v::image_bounds: ", parts...)); };
+  for (std::int64_t pos = 0; pos < static_cast<std::int64_t>(ids.size()); ++pos) {
+    const std::int64_t id = id_at(pos);
     if (id == t.image_start || id == t.slice_start) {
-      if (open) {
-        throw ValueError(tessera::detail::concat("minicpm_v::image_bounds: ", name(id), " at token ", pos,
-                                                 " opens a span inside the ", name(static_cast<std::int64_t>(ids[static_cast<std::size_t>(*open)])),
-                                                 " span opened at token ", *open));
+      if (open >= 0) {
+        throw fail(name(id), " at token ", pos, " opens a span inside the ", name(id_at(open)), " span opened at token ",
+                   open);
       }
       open = pos;
     } else if (id == t.image_end || id == t.slice_end) {
-      if (!open) {
-        throw ValueError(tessera::detail::concat("minicpm_v::image_bounds: ", name(id), " at token ", pos,
-                                                 " closes no open <image> or <slice>"));
+      if (open < 0) throw fail(name(id), " at token ", pos, " closes no open <image> or <slice>");
+      if ((id_at(open) == t.image_start) != (id == t.image_end)) {
+        throw fail(name(id), " at token ", pos, " closes the ", name(id_at(open)), " opened at token ", open);
       }
-      const auto opener = static_cast<std::int64_t>(ids[static_cast<std::size_t>(*open)]);
-      if ((opener == t.image_start) != (id == t.image_end)) {
-        throw ValueError(tessera::detail::concat("minicpm_v::image_bounds: ", name(id), " at token ", pos,
-                                                 " closes the ", name(opener), " opened at token ", *open));
-      }
-      bounds.push_back({*open + 1, pos});
-      open.reset();
+      bounds.push_back({open + 1, pos});
+      open = -1;
     }
   }
-  if (open) {
-    throw ValueError(tessera::detail::concat("minicpm_v::image_bounds: the ",
-                                             name(static_cast<std::int64_t>(ids[static_cast<std::size_t>(*open)])),
-                                             " at token ", *open, " is never closed (", ids.size(), " tokens)"));
+  if (open >= 0) {
+    throw fail("the ", name(id_at(open)), " at token ", open, " is never closed (", ids.size(), " tokens)");
   }
   return bounds;
 }
