@@ -206,7 +206,8 @@ TEST(MiniCPMVProcessor, PlaceholderLayout) {
   EXPECT_EQ(mv::image_placeholder(sliced, 1, config),
             "<image_id>1</image_id><image>" + unk2 + "</image>" + repeat(cell, 3) + "\n" + repeat(cell, 3));
   config.use_image_id = false;
-  EXPECT_EQ(mv::image_placeholder(sliced, 1, config), "<image>" + unk2 + "</image>" + repeat(cell, 3) + "\n" + repeat(cell, 3));
+  EXPECT_EQ(mv::image_placeholder(sliced, 1, config),
+            "<image>" + unk2 + "</image>" + repeat(cell, 3) + "\n" + repeat(cell, 3));
   const mv::ProcessedImage single = mv::process_image(pattern_image(300, 200), config);
   EXPECT_EQ(mv::image_placeholder(single, 0, config), "<image>" + unk2 + "</image>");
   // At the real size: 64 <unk> per span, 1 + 6 spans.
@@ -352,8 +353,8 @@ TEST(MiniCPMVProcessor, BadImagesAndConfigsNameTheSourceAndSizes) {
   mv::ProcessorConfig config;
   expect_error<ValueError>([&] { (void)mv::process_image(mv::RgbImage{0, 5, {}}, config, "empty.png"); },
                            {"empty.png", "0x5"});
-  expect_error<ValueError>([&] { (void)mv::process_image(mv::RgbImage{4, 4, std::vector<std::uint8_t>(5)}, config, "x"); },
-                           {"x", "4x4", "5 bytes"});
+  const mv::RgbImage short_buffer{4, 4, std::vector<std::uint8_t>(5)};
+  expect_error<ValueError>([&] { (void)mv::process_image(short_buffer, config, "x"); }, {"x", "4x4", "5 bytes"});
   config.max_slice_nums = 0;
   expect_error<ValueError>([&] { (void)mv::process_image(pattern_image(20, 20), config, "a.png"); },
                            {"max_slice_nums", "got 0"});

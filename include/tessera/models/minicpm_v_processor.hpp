@@ -120,8 +120,8 @@ struct ProcessorConfig {
   std::array<double, 3> mean{0.5, 0.5, 0.5}, std{0.5, 0.5, 0.5};
   // The placeholder strings (keys im_start, im_end, slice_start, slice_end,
   // unk, im_id_start, im_id_end).
-  std::string im_start = "<image>", im_end = "</image>", slice_start = "<slice>", slice_end = "</slice>",
-              unk = "<unk>", im_id_start = "<image_id>", im_id_end = "</image_id>";
+  std::string im_start = "<image>", im_end = "</image>", slice_start = "<slice>", slice_end = "</slice>", unk = "<unk>",
+              im_id_start = "<image_id>", im_id_end = "</image_id>";
 
   // MiniCPMVImageProcessor(**file): the keys present (null = absent) replace
   // the class defaults; unknown keys are ignored. An absent `use_image_id`
@@ -145,8 +145,8 @@ struct ProcessorConfig {
     read_positive("patch_size", c.patch_size);
     read_positive("image_feature_size", c.image_feature_size);
     if (c.max_slice_nums > kMaxSliceNums) {
-      throw f.error("max_slice_nums", tessera::detail::concat("must be at most ", kMaxSliceNums, ", but it is ",
-                                                              c.max_slice_nums));
+      throw f.error("max_slice_nums",
+                    tessera::detail::concat("must be at most ", kMaxSliceNums, ", but it is ", c.max_slice_nums));
     }
     for (const std::string_view key : {"scale_resolution", "patch_size"}) {
       const std::int64_t v = key == "patch_size" ? c.patch_size : c.scale_resolution;
@@ -188,9 +188,8 @@ struct ProcessorConfig {
   // when it cannot be read, FormatError naming it otherwise.
   static ProcessorConfig load(const std::filesystem::path& file_or_dir) {
     std::error_code ec;
-    const std::filesystem::path path = std::filesystem::is_directory(file_or_dir, ec)
-                                           ? file_or_dir / "preprocessor_config.json"
-                                           : file_or_dir;
+    const std::filesystem::path path =
+        std::filesystem::is_directory(file_or_dir, ec) ? file_or_dir / "preprocessor_config.json" : file_or_dir;
     const std::string file = path.string();
     return from_json(io::detail::parse_json_text(io::detail::read_text_file(path, "preprocessor config"), file), file);
   }
@@ -210,12 +209,13 @@ namespace detail {
 // Throws unless the numbers a config feeds the slicer are usable.
 inline void check_config(const ProcessorConfig& c, std::string_view who) {
   if (c.max_slice_nums < 1 || c.max_slice_nums > kMaxSliceNums) {
-    throw ValueError(tessera::detail::concat(who, ": max_slice_nums must be 1 to ", kMaxSliceNums, ", got ",
-                                             c.max_slice_nums));
+    throw ValueError(
+        tessera::detail::concat(who, ": max_slice_nums must be 1 to ", kMaxSliceNums, ", got ", c.max_slice_nums));
   }
   if (c.scale_resolution < 1 || c.scale_resolution > io::detail::kMaxImageSide || c.patch_size < 1 ||
       c.patch_size > io::detail::kMaxImageSide || c.image_feature_size < 1) {
-    throw ValueError(tessera::detail::concat(who, ": scale_resolution, patch_size (1 to 2^30) and image_feature_size "
+    throw ValueError(tessera::detail::concat(who,
+                                             ": scale_resolution, patch_size (1 to 2^30) and image_feature_size "
                                              "must be positive, got ",
                                              c.scale_resolution, ", ", c.patch_size, ", ", c.image_feature_size));
   }
@@ -293,7 +293,8 @@ inline std::optional<Grid> get_sliced_grid(std::int64_t width, std::int64_t heig
   const double log_ratio = std::log(static_cast<double>(width) / static_cast<double>(height));
   const double ratio = static_cast<double>(width * height) / static_cast<double>(scale_resolution * scale_resolution);
   const double up = std::ceil(ratio);
-  const std::int64_t multiple = up >= static_cast<double>(max_slice_nums) ? max_slice_nums : static_cast<std::int64_t>(up);
+  const std::int64_t multiple =
+      up >= static_cast<double>(max_slice_nums) ? max_slice_nums : static_cast<std::int64_t>(up);
   if (multiple <= 1) return std::nullopt;
   Grid best{1, 1};
   double min_error = std::numeric_limits<double>::infinity();
@@ -301,8 +302,7 @@ inline std::optional<Grid> get_sliced_grid(std::int64_t width, std::int64_t heig
     if (n == 1 || n > max_slice_nums) continue;
     for (std::int64_t m = 1; m <= n; ++m) {
       if (n % m != 0) continue;
-      const double error =
-          std::fabs(log_ratio - std::log(static_cast<double>(m) / static_cast<double>(n / m)));
+      const double error = std::fabs(log_ratio - std::log(static_cast<double>(m) / static_cast<double>(n / m)));
       if (error < min_error) {
         best = {m, n / m};
         min_error = error;
@@ -319,8 +319,9 @@ inline std::optional<Grid> get_sliced_grid(std::int64_t width, std::int64_t heig
 inline ImageSize get_refine_size(std::int64_t width, std::int64_t height, const Grid& grid,
                                  std::int64_t scale_resolution, std::int64_t patch_size) {
   if (width < 1 || height < 1 || grid[0] < 1 || grid[1] < 1) {
-    throw ValueError(tessera::detail::concat("get_refine_size: the image must be at least 1x1 and the grid positive, got ",
-                                             width, "x", height, " and grid [", grid[0], ",", grid[1], "]"));
+    throw ValueError(
+        tessera::detail::concat("get_refine_size: the image must be at least 1x1 and the grid positive, got ", width,
+                                "x", height, " and grid [", grid[0], ",", grid[1], "]"));
   }
   const std::int64_t refine_w = ensure_divide(static_cast<double>(width), grid[0]);
   const std::int64_t refine_h = ensure_divide(static_cast<double>(height), grid[1]);
@@ -353,10 +354,9 @@ inline SlicePlan plan_slices(std::int64_t width, std::int64_t height, const Proc
   auto check_size = [&](const ImageSize& z, std::string_view what) {
     if (z.width > io::detail::kMaxImageSide || z.height > io::detail::kMaxImageSide ||
         z.width * z.height > io::kMaxDecodedPixels) {
-      throw ValueError(tessera::detail::concat("minicpm_v: ", source, " (", width, "x", height, ") would have its ", what,
-                                               " resized to ", z.width, "x", z.height, ", more than ",
-                                               io::kMaxDecodedPixels, " pixels (scale_resolution ", s, ", patch_size ",
-                                               p, ")"));
+      throw ValueError(tessera::detail::concat(
+          "minicpm_v: ", source, " (", width, "x", height, ") would have its ", what, " resized to ", z.width, "x",
+          z.height, ", more than ", io::kMaxDecodedPixels, " pixels (scale_resolution ", s, ", patch_size ", p, ")"));
     }
   };
   SlicePlan plan;
@@ -455,8 +455,8 @@ inline std::vector<std::int64_t> video_frame_indices(std::int64_t frame_count, d
   }
   const std::int64_t step = detail::py_round(avg_fps, "the video's frame rate");
   if (step < 1) {
-    throw ValueError(tessera::detail::concat("video_frame_indices: the video's frame rate ", avg_fps,
-                                             " rounds to ", step, " frames a second; the 1-fps sampling needs >= 0.5"));
+    throw ValueError(tessera::detail::concat("video_frame_indices: the video's frame rate ", avg_fps, " rounds to ",
+                                             step, " frames a second; the 1-fps sampling needs >= 0.5"));
   }
   std::vector<std::int64_t> all;
   for (std::int64_t i = 0; i < frame_count; i += step) all.push_back(i);
@@ -496,12 +496,10 @@ inline std::string image_placeholder(const ProcessedImage& image, std::int64_t i
   const std::int64_t cells = image.grid ? (*image.grid)[0] * (*image.grid)[1] : 0;
   if (index < 0 || (image.grid && ((*image.grid)[0] < 1 || (*image.grid)[1] < 1)) ||
       static_cast<std::int64_t>(image.tgt_sizes.size()) != 1 + cells) {
-    throw ValueError(tessera::detail::concat("minicpm_v::image_placeholder: image ", index, " has ",
-                                             image.tgt_sizes.size(), " slices but its grid ",
-                                             image.grid ? tessera::detail::concat("[", (*image.grid)[0], ",",
-                                                                                  (*image.grid)[1], "]")
-                                                        : std::string("(none)"),
-                                             " needs ", 1 + cells, " (and the index must be >= 0)"));
+    throw ValueError(tessera::detail::concat(
+        "minicpm_v::image_placeholder: image ", index, " has ", image.tgt_sizes.size(), " slices but its grid ",
+        image.grid ? tessera::detail::concat("[", (*image.grid)[0], ",", (*image.grid)[1], "]") : std::string("(none)"),
+        " needs ", 1 + cells, " (and the index must be >= 0)"));
   }
   std::string unks;
   for (std::int64_t i = 0; i < config.image_feature_size; ++i) unks.append(config.unk);
@@ -573,8 +571,8 @@ struct SpecialTokens {
     for (std::size_t i = 0; i < marks.size(); ++i) {
       for (std::size_t j = i + 1; j < marks.size(); ++j) {
         if (marks[i] == marks[j]) {
-          throw ValueError(tessera::detail::concat("tokenizer '", tok.source(),
-                                                   "': two of the image/slice start and end tokens share id ", marks[i]));
+          throw ValueError(tessera::detail::concat(
+              "tokenizer '", tok.source(), "': two of the image/slice start and end tokens share id ", marks[i]));
         }
       }
     }
@@ -591,16 +589,21 @@ std::vector<std::array<std::int64_t, 2>> image_bounds(std::span<const Id> ids, c
   // GCC 12 -O3 warns it may be read uninitialized).
   std::int64_t open = -1;
   auto name = [&](std::int64_t id) {
-    return id == t.image_start ? "<image>" : id == t.slice_start ? "<slice>" : id == t.image_end ? "</image>" : "</slice>";
+    return id == t.image_start   ? "<image>"
+           : id == t.slice_start ? "<slice>"
+           : id == t.image_end   ? "</image>"
+                                 : "</slice>";
   };
   auto id_at = [&](std::int64_t pos) { return static_cast<std::int64_t>(ids[static_cast<std::size_t>(pos)]); };
-  auto fail = [](const auto&... parts) { return ValueError(tessera::detail::concat("minicpm_v::image_bounds: ", parts...)); };
+  auto fail = [](const auto&... parts) {
+    return ValueError(tessera::detail::concat("minicpm_v::image_bounds: ", parts...));
+  };
   for (std::int64_t pos = 0; pos < static_cast<std::int64_t>(ids.size()); ++pos) {
     const std::int64_t id = id_at(pos);
     if (id == t.image_start || id == t.slice_start) {
       if (open >= 0) {
-        throw fail(name(id), " at token ", pos, " opens a span inside the ", name(id_at(open)), " span opened at token ",
-                   open);
+        throw fail(name(id), " at token ", pos, " opens a span inside the ", name(id_at(open)),
+                   " span opened at token ", open);
       }
       open = pos;
     } else if (id == t.image_end || id == t.slice_end) {
@@ -627,11 +630,11 @@ std::vector<std::array<std::int64_t, 2>> image_bounds(std::span<const Id> ids, c
 // closed by the other kind, or a span never closed (the reference pairs the
 // k-th opener with the k-th closer and fails or misaligns there).
 inline std::vector<std::array<std::int64_t, 2>> image_bounds(std::span<const std::int64_t> ids,
-                                                            const SpecialTokens& tokens) {
+                                                             const SpecialTokens& tokens) {
   return detail::image_bounds(ids, tokens);
 }
 inline std::vector<std::array<std::int64_t, 2>> image_bounds(std::span<const tokenizer::TokenId> ids,
-                                                            const SpecialTokens& tokens) {
+                                                             const SpecialTokens& tokens) {
   return detail::image_bounds(ids, tokens);
 }
 
