@@ -185,17 +185,26 @@ struct PatchBatch {
 };
 
 inline PatchBatch patch_batch(std::span<const ProcessedImage* const> images, std::int64_t patch) {
-  std::vector<Tensor<Host, float>> parts;
   PatchBatch batch;
+  std::int64_t rows = 0, columns = 0;
   for (const ProcessedImage* image : images) {
     for (std::size_t s = 0; s < image->slices.size(); ++s) {
-      parts.push_back(patch_rows(image->slices[s].view(), patch));
+      const auto& slice = image->slices[s];
+      rows += (slice.dim(1) / patch) * (slice.dim(2) / patch);
+      columns = slice.dim(0) * patch * patch;
       batch.tgt_sizes.push_back(image->tgt_sizes[s]);
     }
   }
-  std::vector<TensorView<Host, const float>> views;
-  for (const auto& p : parts) views.push_back(p.view());
-  batch.rows = ops::concat(std::span<const TensorView<Host, const float>>(views), 0);
+  // One tensor filled slice by slice: no second copy of the rows.
+  batch.rows = Tensor<Host, float>(Shape{rows, columns});
+  std::int64_t row = 0;
+  for (const ProcessedImage* image : images) {
+    for (const auto& slice : image->slices) {
+      const std::int64_t n = (slice.dim(1) / patch) * (slice.dim(2) / patch);
+      patch_rows_into(slice.view(), patch, batch.rows.view().slice(0, row, row + n));
+      row += n;
+    }
+  }
   return batch;
 }
 

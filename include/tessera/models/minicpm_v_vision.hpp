@@ -368,15 +368,27 @@ inline Tensor<Host, float> sincos_2d(std::int64_t embed_dim, std::int64_t rows, 
 // flattened (c, ky, kx) like the Conv2d weight, so that the patch embedding
 // is rows @ weight.reshape(hidden, -1)^T. (The processor's strip layout
 // [C, patch, L * patch] holds the same patches side by side.)
-inline Tensor<Host, float> patch_rows(TensorView<Host, const float> chw, std::int64_t patch) {
-  using tessera::detail::concat;
+inline void check_slice_for_patches(const TensorView<Host, const float>& chw, std::int64_t patch) {
   if (chw.rank() != 3 || patch <= 0 || chw.dim(1) % patch != 0 || chw.dim(2) % patch != 0 || chw.dim(1) == 0 ||
       chw.dim(2) == 0) {
-    throw ShapeError(concat("patch_rows: the slice ", chw.shape().to_string(), " must be [C, H, W] with H and W ",
-                            "positive multiples of the patch size ", patch));
+    throw ShapeError(tessera::detail::concat("patch_rows: the slice ", chw.shape().to_string(),
+                                             " must be [C, H, W] with H and W positive multiples of the patch size ",
+                                             patch));
   }
+}
+
+// The patch rows of one slice written into `out`, [(H/patch) * (W/patch),
+// C * patch^2] (a model fills one batch tensor with every slice's rows
+// without a second copy of them).
+inline void patch_rows_into(const TensorView<Host, const float>& chw, std::int64_t patch,
+                            const TensorView<Host, float>& out) {
+  check_slice_for_patches(chw, patch);
   const std::int64_t channels = chw.dim(0), ph = chw.dim(1) / patch, pw = chw.dim(2) / patch;
-  Tensor<Host, float> out(Shape{ph * pw, channels * patch * patch});
+  if (out.rank() != 2 || out.dim(0) != ph * pw || out.dim(1) != channels * patch * patch || !out.is_contiguous()) {
+    throw ShapeError(tessera::detail::concat("patch_rows_into: the output ", out.shape().to_string(),
+                                             " must be a contiguous [", ph * pw, ", ", channels * patch * patch,
+                                             "] for the slice ", chw.shape().to_string()));
+  }
   float* dst = out.raw();
   for (std::int64_t by = 0; by < ph; ++by) {
     for (std::int64_t bx = 0; bx < pw; ++bx) {
@@ -387,6 +399,13 @@ inline Tensor<Host, float> patch_rows(TensorView<Host, const float> chw, std::in
       }
     }
   }
+}
+
+inline Tensor<Host, float> patch_rows(TensorView<Host, const float> chw, std::int64_t patch) {
+  check_slice_for_patches(chw, patch);
+  const std::int64_t channels = chw.dim(0), ph = chw.dim(1) / patch, pw = chw.dim(2) / patch;
+  Tensor<Host, float> out(Shape{ph * pw, channels * patch * patch});
+  patch_rows_into(chw, patch, out.view());
   return out;
 }
 
