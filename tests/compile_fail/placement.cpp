@@ -19,6 +19,7 @@
 #include <tessera/tessera.hpp>
 #include <tessera/comm/group.hpp>
 #include <tessera/generate/sampling.hpp>
+#include <tessera/models/minicpm_v.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
 #include <tessera/nn/parallel_linear.hpp>
 #include <tessera/placement/pinned.hpp>
@@ -224,6 +225,20 @@ void f(const placement::Pinned<Pipeline<Cpu<0>, Cpu<1>>, Stack>& pinned) {
   (void)pinned.run<float>([&]<Device D>(const Stack<D>& s) { return to<Cpu<1>>(s.forward()); });
 #else
   (void)pinned.run<float>([&]<Device D>(const Stack<D>& s) { return s.forward(); });
+#endif
+}
+
+#elif defined(TESSERA_CASE_placement_minicpm_v_patches_into_encoder_on_other_device)
+// §2.6 #9 one step earlier: the processor's patches moved to one GPU and the
+// pinned SigLIP encoder + resampler on another.
+// expect: the MiniCPM-V vision encoder and its input patches live on different devices
+// expect: tessera::to<Device>\(patches\)
+void f(const models::minicpm_v::VisionEncoder<Cuda<0>, bf16>& encoder, const Tensor<Cuda<1>, bf16>& patches,
+       std::span<const models::minicpm_v::TgtSize> tgt_sizes) {
+#ifdef TESSERA_EXPECT_FAIL
+  (void)encoder.forward(patches, tgt_sizes);
+#else
+  (void)encoder.forward(to<Cuda<0>>(patches), tgt_sizes);
 #endif
 }
 

@@ -1,7 +1,9 @@
 // libFuzzer target for the JSON files of a Hugging Face checkpoint:
 // model.safetensors.index.json (parse_checkpoint_index), config.json
-// (DecoderConfig, then the decoder's judgement of it) and generation_config.json (GenerationConfig). Every input
-// goes through all three parsers; each must either succeed (and then satisfy
+// (DecoderConfig, then the decoder's judgement of it; MiniCPM-V's Config),
+// generation_config.json (GenerationConfig) and MiniCPM-V's
+// preprocessor_config.json (ProcessorConfig). Every input goes through all
+// five parsers; each must either succeed (and then satisfy
 // its invariants) or fail with a tessera::Error. Anything else (a crash, a
 // sanitizer report, a foreign exception such as nlohmann's, a broken
 // invariant) is a bug.
@@ -13,6 +15,8 @@
 #include <tessera/io/checkpoint.hpp>
 #include <tessera/io/config.hpp>
 #include <tessera/models/decoder_family.hpp>
+#include <tessera/models/minicpm_v.hpp>
+#include <tessera/models/minicpm_v_processor.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -74,6 +78,29 @@ void generation_invariants(std::string_view text) {
   check(g.max_length > 0);
 }
 
+// MiniCPM-V's config.json: what the model and the resampler are built from.
+void minicpm_v_config_invariants(std::string_view text) {
+  namespace mv = tessera::models::minicpm_v;
+  const auto json = tessera::io::detail::parse_json_text(text, "fuzz-minicpmv-config.json");
+  const auto c = mv::Config::from_json(json, "fuzz-minicpmv-config.json");
+  check(c.version == 2.6);
+  check(c.resampler.num_queries > 0 && c.resampler.embed_dim == c.text.hidden_size);
+  check(c.resampler.num_heads > 0 && c.resampler.num_heads * 128 == c.resampler.embed_dim);
+  check(c.resampler.kv_dim == c.vision.hidden_size);
+  check(c.vision.hidden_size > 0 && c.vision.num_attention_heads > 0 && c.vision.num_hidden_layers > 0);
+  check(c.vision.patch_size > 0 && c.vision.image_size >= c.vision.patch_size);
+}
+
+// MiniCPM-V's preprocessor_config.json: what the slicer divides by.
+void minicpm_v_processor_invariants(std::string_view text) {
+  namespace mv = tessera::models::minicpm_v;
+  const auto json = tessera::io::detail::parse_json_text(text, "fuzz-preprocessor.json");
+  const auto p = mv::ProcessorConfig::from_json(json, "fuzz-preprocessor.json");
+  check(p.max_slice_nums >= 1 && p.max_slice_nums <= mv::kMaxSliceNums);
+  check(p.patch_size > 0 && p.scale_resolution > 0 && p.image_feature_size > 0);
+  for (std::size_t i = 0; i < 3; ++i) check(p.std[i] != 0);
+}
+
 template <class Fn>
 void expect_clean(Fn&& fn, std::string_view text) {
   try {
@@ -90,5 +117,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect_clean(index_invariants, text);
   expect_clean(config_invariants, text);
   expect_clean(generation_invariants, text);
+  expect_clean(minicpm_v_config_invariants, text);
+  expect_clean(minicpm_v_processor_invariants, text);
   return 0;
 }

@@ -85,6 +85,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -756,9 +757,21 @@ struct VisionEncoder {
     return VisionEncoder{std::move(tower), std::move(r)};
   }
 
-  // patches [sum L_i, C*p*p] -> [n * num_queries, embed_dim].
-  Tensor<D, T> forward(const Tensor<D, T>& patches, std::span<const TgtSize> tgt_sizes) const {
-    return resampler.forward(vpm.forward(patches, tgt_sizes), tgt_sizes);
+  // patches [sum L_i, C*p*p] -> [n * num_queries, embed_dim]. A template
+  // so that patches from another device get tessera's sentence, not a
+  // deleted conversion: the encoder is where the official multi-GPU recipe
+  // (and device_map="auto") sends pixels and features across GPUs.
+  template <AnyTensor X>
+  Tensor<D, T> forward(const X& patches, std::span<const TgtSize> tgt_sizes) const {
+    static_assert(same_device<device_of<X>, D>,
+                  "tessera: the MiniCPM-V vision encoder and its input patches live on different devices; move "
+                  "the patches with tessera::to<Device>(patches) to the encoder's device first");
+    static_assert(std::is_same_v<X, Tensor<D, T>>,
+                  "tessera: the MiniCPM-V vision encoder takes its patches as a Tensor of its own element type; "
+                  "cast them with ops::cast<T>(patches)");
+    if constexpr (same_device<device_of<X>, D> && std::is_same_v<X, Tensor<D, T>>) {
+      return resampler.forward(vpm.forward(patches, tgt_sizes), tgt_sizes);
+    }
   }
 };
 
