@@ -1,6 +1,8 @@
-// tessera/tokenizer/bpe.hpp — Hugging Face `tokenizer.json` byte-level BPE, as
-// Qwen2 (and Qwen2.5-VL, MiniCPM-V 2.6, GPT-2-style models) use it, giving the
-// ids the `tokenizers` library gives.
+// tessera/tokenizer/bpe.hpp — Hugging Face `tokenizer.json` BPE, giving the ids
+// the `tokenizers` library gives: byte-level BPE as Qwen2 (Qwen2.5-VL,
+// MiniCPM-V 2.6) and Llama-3 (InternVL2-76B's Hermes-2-Theta) use it, and
+// Llama's sentencepiece-style BPE with <0xNN> byte fallback as the
+// tokenizer.json of Phi-3 and Yi has it.
 //
 //   auto tok = tessera::tokenizer::Tokenizer::from_file("tokenizer.json");
 //   std::vector<TokenId> ids = tok.encode("<|im_start|>user\nHi<|im_end|>\n");
@@ -10,19 +12,25 @@
 //
 // The pipeline, stage by stage as tokenizers runs it:
 //   1. added tokens (added_vocabulary.hpp) are cut out of the raw text;
-//   2. each remaining piece is normalized (NFC/NFD/NFKC/NFKD, utf8proc), and
+//   2. each remaining piece is normalized (NFC/NFD/NFKC/NFKD through
+//      utf8proc; Llama's Prepend "▁" and Replace " " -> "▁"), and
 //      normalized=true added tokens are cut out of it;
 //   3. pre-tokenizers split the pieces: Split(regex, Isolated) through PCRE2,
 //      ByteLevel (optional prefix space, optional GPT-2 regex, then bytes ->
 //      GPT-2's visible characters, byte_level.hpp);
-//   4. the BPE model turns each piece into ids: its characters, then merges
-//      applied lowest rank first (leftmost first among equal ranks), with a
-//      cache of recent words;
+//   4. the BPE model turns each piece into ids: its characters (a character
+//      missing from the vocabulary becomes its <0xNN> byte tokens with
+//      byte_fallback, or <unk>, fused with fuse_unk), then merges applied
+//      lowest rank first (leftmost first among equal ranks), with a cache of
+//      recent words; with ignore_merges a piece in the vocabulary is one id;
 //   5. the post-processor adds template tokens (TemplateProcessing) when asked
 //      to; ByteLevel adds nothing.
 // Decoding maps ids to token strings (an added token decodes as itself), the
 // ByteLevel decoder turns them back into bytes, and invalid UTF-8 becomes
-// U+FFFD exactly as tokenizers does (one per maximal invalid subpart).
+// U+FFFD exactly as tokenizers does (one per maximal invalid subpart). Llama's
+// decoder instead runs Replace "▁" -> " ", ByteFallback (a run of <0xNN>
+// tokens becomes its bytes, or one U+FFFD per byte when the run is not valid
+// UTF-8), Fuse and Strip (the leading space).
 //
 // A file that tessera cannot run exactly is rejected when it is loaded, with a
 // FormatError naming the file, what is wrong and what is supported.
@@ -34,6 +42,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -90,6 +99,19 @@ inline std::string text(const json& value, const std::string& where, const std::
 
 inline std::string type_of(const json& obj, const std::string& where, const std::string& source) {
   return text(member(obj, "type", where, source), where + ".type", source);
+}
+
+// A component with a key tessera does not know is refused rather than run with
+// the key ignored: an option it does not implement could change the ids.
+inline void expect_keys(const json& obj, std::initializer_list<std::string_view> known, const std::string& where,
+                        const std::string& source) {
+  for (const auto& [key, value] : obj.items()) {
+    if (std::find(known.begin(), known.end(), std::string_view(key)) == known.end()) {
+      std::string list;
+      for (const std::string_view k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+      fail(source, where + " has the unknown option \"" + key + "\"; tessera reads " + list);
+    }
+  }
 }
 
 inline TokenId token_id(const json& value, const std::string& where, const std::string& source) {
@@ -179,6 +201,10 @@ class BpeModel {
 
   void read_options(const json& model, const std::string& source) {
     const std::string where = "model";
+    detail::expect_keys(model,
+                        {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
+                         "byte_fallback", "ignore_merges", "vocab", "merges"},
+                        where, source);
     if (model.contains("dropout") && !model.at("dropout").is_null()) {
       if (!model.at("dropout").is_number() || model.at("dropout").get<double>() != 0.0) {
         detail::fail(source, "model.dropout is set; tessera tokenizes deterministically and supports only "
@@ -428,6 +454,12 @@ class Tokenizer {
 
   // The text of `ids`; an id with no token is a ValueError.
   std::string decode(std::span<const TokenId> ids, bool skip_special_tokens = false) const {
+    if (piece_decoder_) {
+      DecodeState state;
+      std::string text;
+      for (const TokenId id : ids) text += decode_step(state, id, skip_special_tokens);
+      return text + decode_finish(state);
+    }
     std::string bytes;
     for (const TokenId id : ids) append_token_bytes(bytes, id, skip_special_tokens);
     return unicode::from_utf8_lossy(bytes);
@@ -463,27 +495,98 @@ class Tokenizer {
   const BpeModel& model() const noexcept { return model_; }
   const std::string& source() const noexcept { return source_; }
 
-  // The bytes an id decodes to (possibly part of a UTF-8 character); empty
+  // The bytes an id decodes to on its own (possibly part of a UTF-8
+  // character; a <0xNN> token's byte under the ByteFallback decoder); empty
   // for a special token when skipping them. ValueError for an unknown id.
   void append_token_bytes(std::string& out, TokenId id, bool skip_special_tokens) const {
-    if (!valid(id)) {
-      throw ValueError(tessera::detail::concat("tokenizer: token id ", id, " is not in the vocabulary of ",
-                                               source_, " (ids are 0..", vocab_size() - 1, ")"));
-    }
+    check_id(id);
     const auto i = static_cast<std::size_t>(id);
     if (skip_special_tokens && skip_[i]) return;
     out += id_bytes_[i];
+  }
+
+  // Decoding id by id (decode() and StreamDecoder): decode_step() returns the
+  // text that is final once `id` is known, decode_finish() the rest; together
+  // they give decode(). What a state holds back: with the ByteLevel decoder
+  // the start of a UTF-8 character split across tokens; with the piece
+  // decoder a run of <0xNN> tokens, until the token after it (tokenizers
+  // judges a run as a whole, so a later byte can still turn it into U+FFFDs).
+  struct DecodeState {
+    std::string pending;
+    std::size_t stripped = 0;  // Strip: leading characters removed so far
+    bool strip_done = false;   // Strip: a character that stays was seen
+  };
+
+  std::string decode_step(DecodeState& state, TokenId id, bool skip_special_tokens) const {
+    if (!piece_decoder_) {
+      append_token_bytes(state.pending, id, skip_special_tokens);
+      std::string out;
+      std::size_t pos = 0;
+      while (pos < state.pending.size()) {
+        const unicode::Utf8Step s = unicode::scan_utf8(state.pending, pos);
+        if (s.status == unicode::Utf8Status::Truncated) break;  // wait for the continuation bytes
+        if (s.status == unicode::Utf8Status::Complete) {
+          out.append(state.pending, pos, s.length);
+        } else {
+          out.append(unicode::kReplacement);
+        }
+        pos += s.length;
+      }
+      state.pending.erase(0, pos);
+      return out;
+    }
+    check_id(id);
+    const auto i = static_cast<std::size_t>(id);
+    if (skip_special_tokens && skip_[i]) return {};  // dropped before the decoder sees it
+    if (byte_[i] >= 0) {
+      state.pending += static_cast<char>(byte_[i]);
+      return {};
+    }
+    std::string out = flush_byte_run(state);
+    out += decoded_piece(state, id_bytes_[i]);
+    return out;
+  }
+
+  std::string decode_finish(DecodeState& state) const {
+    if (piece_decoder_) return flush_byte_run(state);
+    std::string out = unicode::from_utf8_lossy(state.pending);
+    state.pending.clear();
+    return out;
   }
 
  private:
   struct SplitStep {
     std::shared_ptr<const Regex> regex;
   };
+  // Normalizers besides the Unicode forms: Prepend (Llama's "▁" before
+  // every non-empty piece) and Replace with a literal pattern (" " -> "▁").
+  struct PrependStep {
+    std::string prefix;
+  };
+  struct ReplaceStep {
+    std::string pattern, content;
+  };
+  using NormalizerStep = std::variant<unicode::NormalForm, PrependStep, ReplaceStep>;
   struct ByteLevelStep {
     bool add_prefix_space = false;
     bool use_regex = true;
   };
   using PreTokenizerStep = std::variant<SplitStep, ByteLevelStep>;
+  // Llama's decoder: per token the Replaces, then runs of <0xNN> tokens
+  // become their bytes (ByteFallback: one U+FFFD per byte when the run as a
+  // whole is not valid UTF-8), everything is joined (Fuse) and up to `start`
+  // leading `content` characters are stripped (Strip; from every piece
+  // instead when there is no Fuse before it).
+  struct PieceDecoder {
+    struct Strip {
+      std::string content;  // one character
+      std::size_t start = 0;
+    };
+    std::vector<std::pair<std::string, std::string>> replaces;
+    bool byte_fallback = false;
+    bool fuse = false;
+    std::optional<Strip> strip;
+  };
   // An entry of the TemplateProcessing "single" template: the sequence ($A)
   // or the ids of a special token.
   using TemplateItem = std::optional<std::vector<TokenId>>;
@@ -493,6 +596,50 @@ class Tokenizer {
     static const auto re = std::make_shared<const Regex>(
         R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)", "tessera's GPT-2 regex");
     return re;
+  }
+
+  void check_id(TokenId id) const {
+    if (!valid(id)) {
+      throw ValueError(tessera::detail::concat("tokenizer: token id ", id, " is not in the vocabulary of ",
+                                               source_, " (ids are 0..", vocab_size() - 1, ")"));
+    }
+  }
+
+  // ByteFallback: a finished run of <0xNN> bytes, as its text when it is
+  // valid UTF-8 and as one U+FFFD per byte otherwise (what tokenizers does).
+  std::string flush_byte_run(DecodeState& state) const {
+    std::string out;
+    if (state.pending.empty()) return out;
+    if (unicode::is_valid_utf8(state.pending)) {
+      out = decoded_piece(state, state.pending);
+    } else {
+      for (std::size_t k = 0; k < state.pending.size(); ++k) out += decoded_piece(state, unicode::kReplacement);
+    }
+    state.pending.clear();
+    return out;
+  }
+
+  // A piece after ByteFallback, through Strip: with a Fuse before it, the
+  // leading characters of the whole text; without, those of every piece.
+  std::string decoded_piece(DecodeState& state, std::string_view piece) const {
+    if (!piece_decoder_->strip) return std::string(piece);
+    const PieceDecoder::Strip& strip = *piece_decoder_->strip;
+    std::size_t pos = 0;
+    if (piece_decoder_->fuse) {
+      while (!state.strip_done && pos < piece.size()) {
+        if (state.stripped < strip.start && piece.substr(pos).starts_with(strip.content)) {
+          pos += strip.content.size();
+          ++state.stripped;
+        } else {
+          state.strip_done = true;
+        }
+      }
+    } else {
+      for (std::size_t k = 0; k < strip.start && piece.substr(pos).starts_with(strip.content); ++k) {
+        pos += strip.content.size();
+      }
+    }
+    return std::string(piece.substr(pos));
   }
 
   bool valid(TokenId id) const noexcept {
@@ -512,7 +659,16 @@ class Tokenizer {
 
   std::string normalize(std::string_view text) const {
     std::string s(text);
-    for (const unicode::NormalForm form : normalizers_) s = unicode::normalize(s, form);
+    for (const NormalizerStep& step : normalizers_) {
+      if (const auto* form = std::get_if<unicode::NormalForm>(&step)) {
+        s = unicode::normalize(s, *form);
+      } else if (const auto* prepend = std::get_if<PrependStep>(&step)) {
+        if (!s.empty()) s.insert(0, prepend->prefix);  // an empty piece stays empty
+      } else {
+        const auto& r = std::get<ReplaceStep>(step);
+        s = replace_all(std::move(s), r.pattern, r.content);
+      }
+    }
     return s;
   }
 
@@ -624,7 +780,7 @@ class Tokenizer {
     const std::string type = model.contains("type") ? detail::type_of(model, "model", source_) : "BPE";
     if (type != "BPE") {
       detail::fail(source_, "model.type is \"" + type + "\"; tessera supports only \"BPE\" (byte-level BPE as "
-                            "used by Qwen2 and GPT-2)");
+                            "Qwen2 and Llama-3 use it, or Llama's BPE with byte fallback as Phi-3 and Yi use it)");
     }
     model_ = BpeModel::from_json(model, source_);
   }
@@ -649,29 +805,55 @@ class Tokenizer {
     added_ = AddedVocabulary(std::move(tokens), [this](const std::string& s) { return normalize(s); });
   }
 
-  static constexpr const char* kSupportedNormalizers = "null, NFC, NFD, NFKC, NFKD and a Sequence of them";
+  static constexpr const char* kSupportedNormalizers =
+      "null, NFC, NFD, NFKC, NFKD, Prepend, Replace (a String pattern) and a Sequence of them";
 
   void read_normalizer(const json& n, const std::string& where) {
     if (n.is_null()) return;
     const std::string type = detail::type_of(n, where, source_);
     if (type == "Sequence") {
+      detail::expect_keys(n, {"type", "normalizers"}, where, source_);
       const json& list = detail::member(n, "normalizers", where, source_);
       if (!list.is_array()) detail::fail(source_, where + ".normalizers is not an array");
       for (std::size_t i = 0; i < list.size(); ++i) {
         read_normalizer(list[i], tessera::detail::concat(where, ".normalizers[", i, "]"));
       }
-    } else if (type == "NFC") {
-      normalizers_.push_back(unicode::NormalForm::NFC);
-    } else if (type == "NFD") {
-      normalizers_.push_back(unicode::NormalForm::NFD);
-    } else if (type == "NFKC") {
-      normalizers_.push_back(unicode::NormalForm::NFKC);
-    } else if (type == "NFKD") {
-      normalizers_.push_back(unicode::NormalForm::NFKD);
+    } else if (type == "Prepend") {
+      detail::expect_keys(n, {"type", "prepend"}, where, source_);
+      const std::string prefix = detail::text(detail::member(n, "prepend", where, source_), where + ".prepend", source_);
+      if (!unicode::is_valid_utf8(prefix)) detail::fail(source_, where + ".prepend is not valid UTF-8");
+      normalizers_.push_back(PrependStep{prefix});
+    } else if (type == "Replace") {
+      detail::expect_keys(n, {"type", "pattern", "content"}, where, source_);
+      const auto [pattern, content] = read_replace(n, where);
+      normalizers_.push_back(ReplaceStep{pattern, content});
+    } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+      detail::expect_keys(n, {"type"}, where, source_);
+      normalizers_.push_back(type == "NFC"    ? unicode::NormalForm::NFC
+                             : type == "NFD"  ? unicode::NormalForm::NFD
+                             : type == "NFKC" ? unicode::NormalForm::NFKC
+                                              : unicode::NormalForm::NFKD);
     } else {
       detail::fail(source_, where + ".type \"" + type + "\" is not supported; tessera supports normalizers " +
                                 kSupportedNormalizers);
     }
+  }
+
+  // A Replace normalizer's or decoder's {"pattern": {"String": ...}, "content"}.
+  // Regex patterns are refused: none of the supported checkpoints uses one.
+  std::pair<std::string, std::string> read_replace(const json& n, const std::string& where) const {
+    const json& pattern = detail::member(n, "pattern", where, source_);
+    if (!pattern.is_object() || !pattern.contains("String") || pattern.size() != 1) {
+      detail::fail(source_, where + ".pattern is not {\"String\": ...}; tessera supports Replace with a String "
+                                "pattern only");
+    }
+    std::string literal = detail::text(pattern.at("String"), where + ".pattern.String", source_);
+    std::string content = detail::text(detail::member(n, "content", where, source_), where + ".content", source_);
+    if (literal.empty()) detail::fail(source_, where + ".pattern.String is empty");
+    if (!unicode::is_valid_utf8(literal) || !unicode::is_valid_utf8(content)) {
+      detail::fail(source_, where + ": the pattern or the content is not valid UTF-8");
+    }
+    return {std::move(literal), std::move(content)};
   }
 
   static constexpr const char* kSupportedPreTokenizers =
@@ -682,14 +864,17 @@ class Tokenizer {
     if (p.is_null()) return;
     const std::string type = detail::type_of(p, where, source_);
     if (type == "Sequence") {
+      detail::expect_keys(p, {"type", "pretokenizers"}, where, source_);
       const json& list = detail::member(p, "pretokenizers", where, source_);
       if (!list.is_array()) detail::fail(source_, where + ".pretokenizers is not an array");
       for (std::size_t i = 0; i < list.size(); ++i) {
         read_pre_tokenizer(list[i], tessera::detail::concat(where, ".pretokenizers[", i, "]"));
       }
     } else if (type == "Split") {
+      detail::expect_keys(p, {"type", "pattern", "behavior", "invert"}, where, source_);
       pre_tokenizers_.push_back(read_split(p, where));
     } else if (type == "ByteLevel") {
+      detail::expect_keys(p, {"type", "add_prefix_space", "trim_offsets", "use_regex"}, where, source_);
       pre_tokenizers_.push_back(ByteLevelStep{detail::flag(p, "add_prefix_space", true, where, source_),
                                               detail::flag(p, "use_regex", true, where, source_)});
     } else {
@@ -735,15 +920,19 @@ class Tokenizer {
     if (p.is_null()) return;
     const std::string type = detail::type_of(p, where, source_);
     if (type == "Sequence") {
+      detail::expect_keys(p, {"type", "processors"}, where, source_);
       const json& list = detail::member(p, "processors", where, source_);
       if (!list.is_array()) detail::fail(source_, where + ".processors is not an array");
       for (std::size_t i = 0; i < list.size(); ++i) {
         read_post_processor(list[i], tessera::detail::concat(where, ".processors[", i, "]"));
       }
     } else if (type == "TemplateProcessing") {
+      detail::expect_keys(p, {"type", "single", "pair", "special_tokens"}, where, source_);
       if (single_template_) detail::fail(source_, where + ": only one TemplateProcessing is supported");
       single_template_ = read_template(p, where);
-    } else if (type != "ByteLevel") {  // ByteLevel only trims offsets: nothing to do for ids
+    } else if (type == "ByteLevel") {  // ByteLevel only trims offsets: nothing to do for ids
+      detail::expect_keys(p, {"type", "add_prefix_space", "trim_offsets", "use_regex"}, where, source_);
+    } else {
       detail::fail(source_, where + ".type \"" + type + "\" is not supported; tessera supports post-processors " +
                                 kSupportedPostProcessors);
     }
@@ -777,11 +966,87 @@ class Tokenizer {
     return items;
   }
 
+  static constexpr const char* kSupportedDecoders =
+      "the ByteLevel decoder, or Replace (a String pattern), ByteFallback, Fuse and Strip (stop 0), in that order, "
+      "alone or in a Sequence (Llama's decoder)";
+
   void read_decoder(const json& d) {
     const std::string type = d.is_null() ? "null" : detail::type_of(d, "decoder", source_);
-    if (type != "ByteLevel") {
-      detail::fail(source_, "decoder.type is " + type + "; tessera supports only the ByteLevel decoder");
+    if (type == "ByteLevel") {
+      detail::expect_keys(d, {"type", "add_prefix_space", "trim_offsets", "use_regex"}, "decoder", source_);
+      return;
     }
+    PieceDecoder pd;
+    int stage = -1;
+    if (type == "Sequence") {
+      detail::expect_keys(d, {"type", "decoders"}, "decoder", source_);
+      const json& list = detail::member(d, "decoders", "decoder", source_);
+      if (!list.is_array() || list.empty()) detail::fail(source_, "decoder.decoders is not a non-empty array");
+      for (std::size_t i = 0; i < list.size(); ++i) {
+        read_piece_decoder(list[i], tessera::detail::concat("decoder.decoders[", i, "]"), pd, stage);
+      }
+    } else {
+      read_piece_decoder(d, "decoder", pd, stage);
+    }
+    piece_decoder_ = std::move(pd);
+  }
+
+  // One step of a piece decoder; `stage` enforces the order Replace* ByteFallback Fuse Strip.
+  void read_piece_decoder(const json& d, const std::string& where, PieceDecoder& pd, int& stage) const {
+    const std::string type = d.is_null() ? "null" : detail::type_of(d, where, source_);
+    const int step = type == "Replace" ? 0 : type == "ByteFallback" ? 1 : type == "Fuse" ? 2 : type == "Strip" ? 3 : -1;
+    if (step < 0) {
+      detail::fail(source_, where + ".type \"" + type + "\" is not supported; tessera supports " + kSupportedDecoders);
+    }
+    if (step < stage || (step == stage && step != 0)) {
+      detail::fail(source_, where + ": " + type + " comes out of order; tessera supports " + kSupportedDecoders);
+    }
+    stage = step;
+    if (type == "Replace") {
+      detail::expect_keys(d, {"type", "pattern", "content"}, where, source_);
+      pd.replaces.push_back(read_replace(d, where));
+    } else if (type == "ByteFallback") {
+      detail::expect_keys(d, {"type"}, where, source_);
+      pd.byte_fallback = true;
+    } else if (type == "Fuse") {
+      detail::expect_keys(d, {"type"}, where, source_);
+      pd.fuse = true;
+    } else {
+      detail::expect_keys(d, {"type", "content", "start", "stop"}, where, source_);
+      const std::string content = detail::text(detail::member(d, "content", where, source_), where + ".content",
+                                               source_);
+      const unicode::Utf8Step c = content.empty() ? unicode::Utf8Step{unicode::Utf8Status::Invalid, 0, 0}
+                                                  : unicode::scan_utf8(content, 0);
+      if (c.status != unicode::Utf8Status::Complete || c.length != content.size()) {
+        detail::fail(source_, where + ".content is not one character");
+      }
+      const auto count = [&](const char* key) {
+        const json& v = detail::member(d, key, where, source_);
+        if (!v.is_number_unsigned() || v.get<std::uint64_t>() > 1024) {
+          detail::fail(source_, where + "." + key + " is not a count (an integer in [0, 1024])");
+        }
+        return static_cast<std::size_t>(v.get<std::uint64_t>());
+      };
+      const std::size_t start = count("start");
+      if (count("stop") != 0) {
+        detail::fail(source_, where + ".stop is not 0; tessera supports Strip from the start only (stop 0)");
+      }
+      pd.strip = PieceDecoder::Strip{content, start};
+    }
+  }
+
+  // tokenizers' ByteFallback test: six bytes "<0x" + two characters u8::from_str_radix reads in base 16 + ">".
+  static std::optional<unsigned char> byte_token_value(std::string_view t) {
+    if (t.size() != 6 || !t.starts_with("<0x") || t.back() != '>') return std::nullopt;
+    const auto hex = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+      return -1;
+    };
+    const int hi = t[3] == '+' ? 0 : hex(t[3]), lo = hex(t[4]);  // from_str_radix takes a leading '+'
+    if (hi < 0 || lo < 0) return std::nullopt;
+    return static_cast<unsigned char>(hi * 16 + lo);
   }
 
   // Per id: the bytes it decodes to and whether skip_special_tokens drops it.
@@ -811,6 +1076,7 @@ class Tokenizer {
     }
     id_bytes_.assign(n, {});
     skip_.assign(n, false);
+    byte_.assign(piece_decoder_ ? n : 0, -1);
     const ByteLevelTable& table = ByteLevelTable::get();
     for (std::size_t i = 0; i < n; ++i) {
       const auto id = static_cast<TokenId>(i);
@@ -818,68 +1084,66 @@ class Tokenizer {
       if (!added && !has_token_[i]) continue;
       if (added) has_token_[i] = true;
       const std::string& token = added ? added_.decoding_form(id) : tokens_[i];
-      table.append_bytes(id_bytes_[i], token);
       skip_[i] = special.contains(token);
+      if (!piece_decoder_) {
+        table.append_bytes(id_bytes_[i], token);
+        continue;
+      }
+      // The piece decoder's per-token steps: the Replaces, then the byte test.
+      std::string piece = token;
+      for (const auto& [from, to] : piece_decoder_->replaces) piece = replace_all(std::move(piece), from, to);
+      const std::optional<unsigned char> byte =
+          piece_decoder_->byte_fallback ? byte_token_value(piece) : std::nullopt;
+      if (byte) {
+        byte_[i] = *byte;
+        id_bytes_[i] = std::string(1, static_cast<char>(*byte));
+      } else {
+        id_bytes_[i] = std::move(piece);
+      }
     }
   }
 
   std::string source_;
   BpeModel model_;
   AddedVocabulary added_;
-  std::vector<unicode::NormalForm> normalizers_;
+  std::vector<NormalizerStep> normalizers_;
   std::vector<PreTokenizerStep> pre_tokenizers_;
   std::optional<std::vector<TemplateItem>> single_template_;
   std::vector<std::string> tokens_;    // model vocabulary by id
   std::vector<bool> has_token_;        // ids that exist (model or added)
-  std::vector<std::string> id_bytes_;  // bytes each id decodes to
+  std::vector<std::string> id_bytes_;  // bytes each id decodes to on its own
+  std::optional<PieceDecoder> piece_decoder_;  // unset: the ByteLevel decoder
+  std::vector<std::int16_t> byte_;     // piece decoder: the byte of a <0xNN> token, or -1
   std::vector<bool> skip_;             // dropped by skip_special_tokens
 };
 
 // ---- streaming ------------------------------------------------------------------
 
 // Decodes ids one at a time during generation, emitting text only once it is
-// complete UTF-8: the bytes of a character split across tokens (an emoji is
-// often two or three byte-level tokens) are held back until the rest arrives.
-// Bytes that can never become valid are emitted as U+FFFD right away, so the
-// concatenation of every step() and finish() equals decode() of all the ids.
-// The tokenizer must outlive the decoder.
+// final and complete UTF-8: the bytes of a character split across tokens (an
+// emoji is often two or three byte-level tokens, or a run of <0xNN>
+// byte-fallback tokens) are held back until the rest arrives. With the
+// ByteLevel decoder, bytes that can never become valid are emitted as U+FFFD
+// right away; with Llama's decoder a run of <0xNN> tokens is emitted when the
+// token after it arrives. The concatenation of every step() and finish()
+// equals decode() of all the ids. The tokenizer must outlive the decoder.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = false)
       : tokenizer_(&tokenizer), skip_special_(skip_special_tokens) {}
 
   // The text that `id` completes (often empty while a character is partial).
-  std::string step(TokenId id) {
-    tokenizer_->append_token_bytes(pending_, id, skip_special_);
-    std::string out;
-    std::size_t pos = 0;
-    while (pos < pending_.size()) {
-      const unicode::Utf8Step s = unicode::scan_utf8(pending_, pos);
-      if (s.status == unicode::Utf8Status::Truncated) break;  // wait for the continuation bytes
-      if (s.status == unicode::Utf8Status::Complete) {
-        out.append(pending_, pos, s.length);
-      } else {
-        out.append(unicode::kReplacement);
-      }
-      pos += s.length;
-    }
-    pending_.erase(0, pos);
-    return out;
-  }
+  std::string step(TokenId id) { return tokenizer_->decode_step(state_, id, skip_special_); }
 
   // At the end of generation: whatever is held back can no longer complete.
-  std::string finish() {
-    std::string out = unicode::from_utf8_lossy(pending_);
-    pending_.clear();
-    return out;
-  }
+  std::string finish() { return tokenizer_->decode_finish(state_); }
 
-  bool has_pending() const noexcept { return !pending_.empty(); }
+  bool has_pending() const noexcept { return !state_.pending.empty(); }
 
  private:
   const Tokenizer* tokenizer_;
   bool skip_special_;
-  std::string pending_;  // the start of an unfinished UTF-8 sequence (at most 3 bytes)
+  Tokenizer::DecodeState state_;
 };
 
 inline StreamDecoder Tokenizer::stream_decoder(bool skip_special_tokens) const {
