@@ -189,6 +189,13 @@ TEST(ChatTemplates, UnknownTemplatesAreRefusedNamingKeyAndValue) {
   expect_format_error(json::array(), "not a JSON object");
 }
 
+TEST(ChatTemplates, SystemMessageFromConfig) {
+  using nlohmann::json;
+  EXPECT_EQ(generate::system_message_for(json{{"template", "Hermes-2"}}, "c.json"), std::nullopt);
+  EXPECT_EQ(generate::system_message_for(json{{"system_message", "X"}}, "c.json"), std::optional<std::string>("X"));
+  EXPECT_THROW((void)generate::system_message_for(json{{"system_message", 1}}, "c.json"), FormatError);
+}
+
 TEST(ChatTemplates, StopStringsAreSpecialTokensOfTheFixture) {
   const auto& ref = reference();
   const auto& tok = test_tokenizer();

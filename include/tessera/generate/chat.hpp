@@ -266,6 +266,20 @@ inline ChatTemplate template_for(const nlohmann::json& config, const std::string
                     "InternVL2 via \"template\")");
 }
 
+// InternVL's chat() takes its system message from config.json's
+// "system_message" when the key exists (OpenGVLab/InternVL 2dfc31c, after the
+// 2.0 release), else the template's default. Returns the key's value, or
+// nullopt where there is none; pass it as render()'s `system`.
+inline std::optional<std::string> system_message_for(const nlohmann::json& config, const std::string& file) {
+  if (!config.is_object()) return std::nullopt;
+  const auto it = config.find("system_message");
+  if (it == config.end() || it->is_null()) return std::nullopt;
+  if (!it->is_string()) {
+    throw FormatError(file + ": \"system_message\" must be a string, got " + std::string(it->type_name()));
+  }
+  return it->get<std::string>();
+}
+
 // ---- image placeholders --------------------------------------------------------------------
 
 // InternVL2's chat(): a question with images but no "<image>" gets one in front.
