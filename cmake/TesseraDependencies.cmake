@@ -110,3 +110,29 @@ if(NOT TARGET JPEG::JPEG)
                         "On Debian/Ubuntu: apt-get install libjpeg62-turbo-dev")
   endif()
 endif()
+
+# libsentencepiece reads sentencepiece tokenizer.model files (InternLM2, so
+# InternVL2-2B/8B/26B; tokenizer/sentencepiece.hpp). Optional: pkg-config
+# first (what Debian ships), then a plain search. Without it tessera builds,
+# and loading a tokenizer.model throws a FormatError saying tessera was built
+# without sentencepiece.
+if(NOT TARGET tessera::sentencepiece)
+  if(PkgConfig_FOUND)
+    pkg_check_modules(TESSERA_SENTENCEPIECE QUIET sentencepiece)
+  endif()
+  find_path(TESSERA_SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h HINTS ${TESSERA_SENTENCEPIECE_INCLUDE_DIRS})
+  find_library(TESSERA_SENTENCEPIECE_LIBRARY sentencepiece HINTS ${TESSERA_SENTENCEPIECE_LIBRARY_DIRS})
+  if(TESSERA_SENTENCEPIECE_INCLUDE_DIR AND TESSERA_SENTENCEPIECE_LIBRARY)
+    # Only the runtime library: pkg-config's Libs also name the trainer.
+    add_library(tessera::sentencepiece INTERFACE IMPORTED)
+    set_target_properties(tessera::sentencepiece PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${TESSERA_SENTENCEPIECE_INCLUDE_DIR}"
+      INTERFACE_LINK_LIBRARIES "${TESSERA_SENTENCEPIECE_LIBRARY}"
+      INTERFACE_COMPILE_DEFINITIONS TESSERA_HAS_SENTENCEPIECE=1)
+    message(STATUS "tessera: sentencepiece ON (${TESSERA_SENTENCEPIECE_LIBRARY})")
+  else()
+    message(STATUS "tessera: sentencepiece OFF: sentencepiece_processor.h or libsentencepiece not found, so "
+                   "tokenizer.model files cannot be read (loading one throws FormatError). "
+                   "On Debian/Ubuntu: apt-get install libsentencepiece-dev, then reconfigure")
+  endif()
+endif()
