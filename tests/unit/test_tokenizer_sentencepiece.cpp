@@ -229,6 +229,33 @@ TEST(SentencePiece, CleanUpRulesMatchPythonStrReplace) {
   EXPECT_EQ(clean_up_tokenization("  ' s"), "'s");  // " ' " then " 's"
 }
 
+// The stream decoder cleans text in pieces, cut where safe_cleanup_cut says;
+// every string of up to 7 characters over the rules' alphabet, fed one
+// character at a time, must come out as cleaning it whole does.
+TEST(SentencePiece, CleanUpCutsAreSafe) {
+  using tessera::tokenizer::detail::clean_up_tokenization;
+  using tessera::tokenizer::detail::safe_cleanup_cut;
+  constexpr char kAlphabet[] = {' ', '\'', 'n', 't', 's', '.', 'm', 'x'};
+  constexpr std::size_t kLetters = sizeof kAlphabet;
+  for (std::size_t len = 1; len <= 7; ++len) {
+    std::size_t count = 1;
+    for (std::size_t i = 0; i < len; ++i) count *= kLetters;
+    std::string s(len, ' ');
+    for (std::size_t code = 0; code < count; ++code) {
+      for (std::size_t i = 0, c = code; i < len; ++i, c /= kLetters) s[i] = kAlphabet[c % kLetters];
+      std::string raw, out;
+      for (const char ch : s) {
+        raw += ch;
+        const std::size_t cut = safe_cleanup_cut(raw);
+        out += clean_up_tokenization(raw.substr(0, cut));
+        raw.erase(0, cut);
+      }
+      out += clean_up_tokenization(raw);
+      ASSERT_EQ(out, clean_up_tokenization(s)) << "\"" << s << "\"";
+    }
+  }
+}
+
 // ---- loading errors ---------------------------------------------------------------
 
 TEST(SentencePieceLoad, MissingModelNamesTheDirectory) {

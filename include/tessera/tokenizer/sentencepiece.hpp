@@ -174,18 +174,29 @@ inline std::string clean_up_tokenization(std::string s) {
 }
 
 // Where text may be cut so that cleaning the two parts separately equals
-// cleaning the whole, whatever follows: every rule starts with a space and
-// looks at most 4 characters ahead (5 when " ' " removal brings a space next
-// to "'s"), and no rule's second character is a space. So a cut is safe at the
-// end when no space lies in the last 8 bytes, and before any space that does
-// not end " ' " (the one rule with a space inside). Returns the last safe cut.
+// cleaning the whole, whatever follows. Every rule starts with a space, looks
+// at most 4 characters ahead, and has no space at position 1 or 3; but a later
+// rule can match what an earlier one left, so a deletion on one side of a cut
+// can join the other side into a match (" n" + " ' t" -> " n't" -> "n't").
+// Safe cuts, then:
+//   - at the end, when no space lies in the last 8 bytes (no rule can start
+//     there, and no deletion after it can reach back into a rule);
+//   - before a space whose two preceding bytes are neither " '" (the " ' "
+//     rule would span the cut) nor " n" (" n't" could form after a " ' "
+//     deletion), and whose preceding byte is not a space (" 's" and friends
+//     could form the same way).
+// Returns the last safe cut (0 when there is none). The unit test checks this
+// exhaustively against cleaning the whole on short strings.
 inline std::size_t safe_cleanup_cut(std::string_view r) {
   const std::size_t last_space = r.rfind(' ');
   if (last_space == std::string_view::npos || r.size() - last_space > 8) return r.size();
-  for (std::size_t c = last_space;; --c) {
-    if (r[c] == ' ' && !(c >= 2 && r[c - 2] == ' ' && r[c - 1] == '\'')) return c;
-    if (c == 0) return 0;
+  for (std::size_t c = last_space + 1; c-- > 0;) {
+    if (r[c] != ' ') continue;
+    if (c >= 1 && r[c - 1] == ' ') continue;
+    if (c >= 2 && r[c - 2] == ' ' && (r[c - 1] == '\'' || r[c - 1] == 'n')) continue;
+    return c;
   }
+  return 0;
 }
 
 inline std::string read_text_file(const std::filesystem::path& path) {
