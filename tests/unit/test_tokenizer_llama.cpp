@@ -147,7 +147,7 @@ TEST_P(LlamaCorpusTest, StreamingConcatenatesToTheLibrarysDecode) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, LlamaCorpusTest, ::testing::Values("phi3", "yi", "llama3", "minicpmv"),
+INSTANTIATE_TEST_SUITE_P(Kinds, LlamaCorpusTest, ::testing::Values("phi3", "phi3_unk", "phi3_unk_unfused", "yi", "llama3", "minicpmv"),
                          [](const auto& param_info) { return std::string(param_info.param); });
 
 // ---- Llama-style: Phi-3 and Yi ------------------------------------------------------
