@@ -147,7 +147,8 @@ TEST_P(LlamaCorpusTest, StreamingConcatenatesToTheLibrarysDecode) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, LlamaCorpusTest, ::testing::Values("phi3", "phi3_unk", "phi3_unk_unfused", "yi", "llama3", "minicpmv"),
+INSTANTIATE_TEST_SUITE_P(Kinds, LlamaCorpusTest, ::testing::Values("phi3", "phi3_unk", "phi3_unk_unfused", "phi3_metaspace",
+                                           "phi3_metaspace_split", "yi", "llama3", "minicpmv"),
                          [](const auto& param_info) { return std::string(param_info.param); });
 
 // ---- Llama-style: Phi-3 and Yi ------------------------------------------------------
@@ -302,6 +303,10 @@ TEST(TokenizerLlamaLoad, UnsupportedComponentsNameThemselves) {
                       "decoder.decoders[0].pattern.String is empty");
   expect_format_error("phi3", [](json& j) { j["decoder"] = {{"type", "Sequence"}, {"decoders", json::array()}}; },
                       "decoder.decoders is not a non-empty array");
+  expect_format_error("phi3_metaspace", [](json& j) { j["pre_tokenizer"]["prepend_scheme"] = "sometimes"; },
+                      "pre_tokenizer.prepend_scheme \"sometimes\" is not always, first or never");
+  expect_format_error("phi3_metaspace", [](json& j) { j["pre_tokenizer"]["replacement"] = "__"; },
+                      "pre_tokenizer.replacement is not one character");
   expect_format_error("llama3", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; },
                       "decoder.type \"WordPiece\" is not supported; tessera supports the ByteLevel decoder");
 }

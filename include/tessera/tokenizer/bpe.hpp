@@ -17,7 +17,8 @@
 //      normalized=true added tokens are cut out of it;
 //   3. pre-tokenizers split the pieces: Split(regex, Isolated) through PCRE2,
 //      ByteLevel (optional prefix space, optional GPT-2 regex, then bytes ->
-//      GPT-2's visible characters, byte_level.hpp);
+//      GPT-2's visible characters, byte_level.hpp), Metaspace (spaces ->
+//      "▁", the non-legacy Llama conversion);
 //   4. the BPE model turns each piece into ids: its characters (a character
 //      missing from the vocabulary becomes its <0xNN> byte tokens with
 //      byte_fallback, or <unk>, fused with fuse_unk), then merges applied
@@ -571,7 +572,16 @@ class Tokenizer {
     bool add_prefix_space = false;
     bool use_regex = true;
   };
-  using PreTokenizerStep = std::variant<SplitStep, ByteLevelStep>;
+  // Metaspace (the non-legacy Llama conversion): spaces become `replacement`,
+  // which is put in front of the piece too (always, or only for the piece at
+  // the start of the input: prepend_scheme "first"), unless already there;
+  // with split, a piece is cut before each run of `replacement`s.
+  struct MetaspaceStep {
+    std::string replacement;  // one character
+    enum class Prepend : std::uint8_t { Always, First, Never } prepend = Prepend::Always;
+    bool split = true;
+  };
+  using PreTokenizerStep = std::variant<SplitStep, ByteLevelStep, MetaspaceStep>;
   // Llama's decoder: per token the Replaces, then runs of <0xNN> tokens
   // become their bytes (ByteFallback: one U+FFFD per byte when the run as a
   // whole is not valid UTF-8), everything is joined (Fuse) and up to `start`
@@ -691,9 +701,14 @@ class Tokenizer {
   std::vector<Piece> pre_tokenize(std::vector<Piece> pieces) const {
     for (const PreTokenizerStep& step : pre_tokenizers_) {
       std::vector<Piece> next;
-      for (Piece& p : pieces) {
+      for (std::size_t k = 0; k < pieces.size(); ++k) {
+        Piece& p = pieces[k];
         if (p.id) {
           next.push_back(std::move(p));
+        } else if (const auto* meta = std::get_if<MetaspaceStep>(&step)) {
+          // Only the first piece can start at offset 0 of the input: pieces
+          // are never empty, and an added token there comes first itself.
+          apply(*meta, std::move(p.text), k == 0, next);
         } else {
           std::visit([&](const auto& s) { apply(s, std::move(p.text), next); }, step);
         }
@@ -716,6 +731,30 @@ class Tokenizer {
 
   static void apply(const SplitStep& step, std::string text, std::vector<Piece>& out) {
     isolate(*step.regex, text, out);
+  }
+
+  static void apply(const MetaspaceStep&, std::string, std::vector<Piece>&) {}  // handled with its offset
+
+  static void apply(const MetaspaceStep& step, std::string text, bool at_start, std::vector<Piece>& out) {
+    text = replace_all(std::move(text), " ", step.replacement);
+    const bool prepend = step.prepend == MetaspaceStep::Prepend::Always ||
+                         (step.prepend == MetaspaceStep::Prepend::First && at_start);
+    if (prepend && !text.starts_with(step.replacement)) text.insert(0, step.replacement);
+    if (!step.split) {
+      out.push_back({std::move(text), std::nullopt});
+      return;
+    }
+    // MergedWithNext: a run of replacements starts the piece after it.
+    const std::string_view r = step.replacement;
+    std::size_t begin = 0;
+    for (std::size_t pos = text.find(r); pos != std::string::npos; pos = text.find(r, pos + r.size())) {
+      const bool run_start = pos == 0 || !std::string_view(text).substr(0, pos).ends_with(r);
+      if (run_start && pos > begin) {
+        out.push_back({text.substr(begin, pos - begin), std::nullopt});
+        begin = pos;
+      }
+    }
+    if (begin < text.size()) out.push_back({text.substr(begin), std::nullopt});
   }
 
   static void apply(const ByteLevelStep& step, std::string text, std::vector<Piece>& out) {
@@ -857,8 +896,8 @@ class Tokenizer {
   }
 
   static constexpr const char* kSupportedPreTokenizers =
-      "null, Split (a Regex or String pattern, behavior Isolated, invert false), ByteLevel and a Sequence of "
-      "them";
+      "null, Split (a Regex or String pattern, behavior Isolated, invert false), ByteLevel, Metaspace and a "
+      "Sequence of them";
 
   void read_pre_tokenizer(const json& p, const std::string& where) {
     if (p.is_null()) return;
@@ -873,6 +912,8 @@ class Tokenizer {
     } else if (type == "Split") {
       detail::expect_keys(p, {"type", "pattern", "behavior", "invert"}, where, source_);
       pre_tokenizers_.push_back(read_split(p, where));
+    } else if (type == "Metaspace") {
+      pre_tokenizers_.push_back(read_metaspace(p, where));
     } else if (type == "ByteLevel") {
       detail::expect_keys(p, {"type", "add_prefix_space", "trim_offsets", "use_regex"}, where, source_);
       pre_tokenizers_.push_back(ByteLevelStep{detail::flag(p, "add_prefix_space", true, where, source_),
@@ -881,6 +922,38 @@ class Tokenizer {
       detail::fail(source_, where + ".type \"" + type + "\" is not supported; tessera supports pre-tokenizers " +
                                 kSupportedPreTokenizers);
     }
+  }
+
+  MetaspaceStep read_metaspace(const json& p, const std::string& where) const {
+    detail::expect_keys(p, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"}, where,
+                        source_);
+    MetaspaceStep m;
+    m.replacement = detail::text(detail::member(p, "replacement", where, source_), where + ".replacement", source_);
+    const unicode::Utf8Step c = m.replacement.empty() ? unicode::Utf8Step{unicode::Utf8Status::Invalid, 0, 0}
+                                                      : unicode::scan_utf8(m.replacement, 0);
+    if (c.status != unicode::Utf8Status::Complete || c.length != m.replacement.size()) {
+      detail::fail(source_, where + ".replacement is not one character");
+    }
+    if (p.contains("str_rep") && p.at("str_rep") != p.at("replacement")) {
+      detail::fail(source_, where + ".str_rep differs from .replacement");
+    }
+    // Files from before prepend_scheme have add_prefix_space (true: always).
+    const bool add_prefix_space = detail::flag(p, "add_prefix_space", true, where, source_);
+    m.prepend = add_prefix_space ? MetaspaceStep::Prepend::Always : MetaspaceStep::Prepend::Never;
+    if (p.contains("prepend_scheme") && !p.at("prepend_scheme").is_null()) {
+      const std::string scheme = detail::text(p.at("prepend_scheme"), where + ".prepend_scheme", source_);
+      if (scheme == "always") {
+        m.prepend = MetaspaceStep::Prepend::Always;
+      } else if (scheme == "first") {
+        m.prepend = MetaspaceStep::Prepend::First;
+      } else if (scheme == "never") {
+        m.prepend = MetaspaceStep::Prepend::Never;
+      } else {
+        detail::fail(source_, where + ".prepend_scheme \"" + scheme + "\" is not always, first or never");
+      }
+    }
+    m.split = detail::flag(p, "split", true, where, source_);
+    return m;
   }
 
   SplitStep read_split(const json& p, const std::string& where) const {
