@@ -52,6 +52,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -97,7 +98,12 @@ class SpProcessor {
  public:
   explicit SpProcessor(std::string_view serialized, const std::string& source) {
 #if defined(TESSERA_HAS_SENTENCEPIECE)
-    const auto status = sp_.LoadFromSerializedProto(serialized);
+    sentencepiece::util::Status status;
+    try {
+      status = sp_.LoadFromSerializedProto(serialized);
+    } catch (const std::exception& e) {  // e.g. its trie builder on an empty piece
+      fail(source, std::string("not a sentencepiece model that libsentencepiece can load (") + e.what() + ")");
+    }
     if (!status.ok()) {
       fail(source, "not a sentencepiece model that libsentencepiece can load (" + status.ToString() + ")");
     }
@@ -456,6 +462,12 @@ class SentencePieceTokenizer {
 
   void build(SentencePieceConfig config) {
     const int n = sp_->size();
+    // Decoding passes pieces through as they are: each must be text.
+    for (int i = 0; i < n; ++i) {
+      if (!unicode::is_valid_utf8(sp_->id_to_piece(i))) {
+        detail::fail(source_, tessera::detail::concat("piece ", i, " of the sentencepiece model is not valid UTF-8"));
+      }
+    }
     bos_id_ = sp_->bos_id();
     eos_id_ = sp_->eos_id();
     add_bos_ = config.add_bos_token;
