@@ -112,16 +112,23 @@ if(NOT TARGET JPEG::JPEG)
 endif()
 
 # libsentencepiece reads sentencepiece tokenizer.model files (InternLM2, so
-# InternVL2-2B/8B/26B; tokenizer/sentencepiece.hpp). Optional: pkg-config
-# first (what Debian ships), then a plain search. Without it tessera builds,
-# and loading a tokenizer.model throws a FormatError saying tessera was built
-# without sentencepiece.
-if(NOT TARGET tessera::sentencepiece)
+# InternVL2-2B/8B/26B; tokenizer/sentencepiece.hpp). Optional (TESSERA_SENTENCEPIECE
+# AUTO, ON or OFF): pkg-config first (what Debian ships), then a plain search.
+# Without it tessera builds, and loading a tokenizer.model throws a
+# FormatError saying tessera was built without sentencepiece.
+set(TESSERA_SENTENCEPIECE "AUTO" CACHE STRING
+    "Read sentencepiece tokenizer.model files with libsentencepiece: AUTO (when found), ON or OFF")
+set_property(CACHE TESSERA_SENTENCEPIECE PROPERTY STRINGS AUTO ON OFF)
+string(TOUPPER "${TESSERA_SENTENCEPIECE}" _tessera_sp)
+if(NOT _tessera_sp MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "TESSERA_SENTENCEPIECE must be AUTO, ON or OFF (got '${TESSERA_SENTENCEPIECE}')")
+endif()
+if(NOT TARGET tessera::sentencepiece AND NOT _tessera_sp STREQUAL "OFF")
   if(PkgConfig_FOUND)
-    pkg_check_modules(TESSERA_SENTENCEPIECE QUIET sentencepiece)
+    pkg_check_modules(TESSERA_SENTENCEPIECE_PC QUIET sentencepiece)
   endif()
-  find_path(TESSERA_SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h HINTS ${TESSERA_SENTENCEPIECE_INCLUDE_DIRS})
-  find_library(TESSERA_SENTENCEPIECE_LIBRARY sentencepiece HINTS ${TESSERA_SENTENCEPIECE_LIBRARY_DIRS})
+  find_path(TESSERA_SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h HINTS ${TESSERA_SENTENCEPIECE_PC_INCLUDE_DIRS})
+  find_library(TESSERA_SENTENCEPIECE_LIBRARY sentencepiece HINTS ${TESSERA_SENTENCEPIECE_PC_LIBRARY_DIRS})
   if(TESSERA_SENTENCEPIECE_INCLUDE_DIR AND TESSERA_SENTENCEPIECE_LIBRARY)
     # Only the runtime library: pkg-config's Libs also name the trainer.
     add_library(tessera::sentencepiece INTERFACE IMPORTED)
@@ -129,10 +136,16 @@ if(NOT TARGET tessera::sentencepiece)
       INTERFACE_INCLUDE_DIRECTORIES "${TESSERA_SENTENCEPIECE_INCLUDE_DIR}"
       INTERFACE_LINK_LIBRARIES "${TESSERA_SENTENCEPIECE_LIBRARY}"
       INTERFACE_COMPILE_DEFINITIONS TESSERA_HAS_SENTENCEPIECE=1)
-    message(STATUS "tessera: sentencepiece ON (${TESSERA_SENTENCEPIECE_LIBRARY})")
-  else()
-    message(STATUS "tessera: sentencepiece OFF: sentencepiece_processor.h or libsentencepiece not found, so "
-                   "tokenizer.model files cannot be read (loading one throws FormatError). "
-                   "On Debian/Ubuntu: apt-get install libsentencepiece-dev, then reconfigure")
+  elseif(_tessera_sp STREQUAL "ON")
+    message(FATAL_ERROR "TESSERA_SENTENCEPIECE=ON but sentencepiece_processor.h or libsentencepiece was not "
+                        "found: install it (Debian: apt-get install libsentencepiece-dev), or configure with "
+                        "-DTESSERA_SENTENCEPIECE=AUTO or OFF")
   endif()
+endif()
+if(TARGET tessera::sentencepiece)
+  message(STATUS "tessera: sentencepiece ON (${TESSERA_SENTENCEPIECE_LIBRARY})")
+else()
+  message(STATUS "tessera: sentencepiece OFF (TESSERA_SENTENCEPIECE=${TESSERA_SENTENCEPIECE}): tokenizer.model "
+                 "files cannot be read (loading one throws FormatError); install libsentencepiece-dev "
+                 "(Debian/Ubuntu) and reconfigure to enable it")
 endif()

@@ -15,11 +15,12 @@ TESSERA_JOBS="${TESSERA_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 # Debian packages the build needs: compiler and build tools, OpenBLAS,
 # GoogleTest and Google Benchmark (found with find_package, so no download),
-# nlohmann/json, PCRE2 + utf8proc for the tokenizer, libjpeg-turbo for JPEG
+# nlohmann/json, PCRE2 + utf8proc for the tokenizer, libsentencepiece for
+# sentencepiece tokenizer.model files (InternLM2), libjpeg-turbo for JPEG
 # files (decoded as Pillow decodes them, io/image.hpp), OpenMPI for
 # multi-process groups under mpirun (comm/mpi.hpp). (stb_image, for the other
 # image formats, is vendored in include/tessera/third_party.)
-TESSERA_DEBIAN_PACKAGES=(cmake ninja-build g++ pkg-config libopenblas-openmp-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libopenmpi-dev openmpi-bin)
+TESSERA_DEBIAN_PACKAGES=(cmake ninja-build g++ pkg-config libopenblas-openmp-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev libjpeg62-turbo-dev libopenmpi-dev openmpi-bin)
 
 tessera_log() { printf '\033[1m[tessera]\033[0m %s\n' "$*" >&2; }
 

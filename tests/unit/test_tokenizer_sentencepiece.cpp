@@ -49,15 +49,15 @@ void write_file(const fs::path& p, const std::string& text) {
   out << text;
 }
 
-json corpus(const std::string& name) { return json::parse(read_file(sp_dir(name) / "corpus.json")); }
+[[maybe_unused]] json corpus(const std::string& name) { return json::parse(read_file(sp_dir(name) / "corpus.json")); }
 
-const SentencePieceTokenizer& tok(const std::string& name) {
+[[maybe_unused]] const SentencePieceTokenizer& tok(const std::string& name) {
   static const SentencePieceTokenizer internlm2 = SentencePieceTokenizer::from_directory(sp_dir("internlm2"));
   static const SentencePieceTokenizer llama = SentencePieceTokenizer::from_directory(sp_dir("llama"));
   return name == "internlm2" ? internlm2 : llama;
 }
 
-std::vector<TokenId> ids_of(const json& value) { return value.get<std::vector<TokenId>>(); }
+[[maybe_unused]] std::vector<TokenId> ids_of(const json& value) { return value.get<std::vector<TokenId>>(); }
 
 // A scratch directory, removed at the end of the test.
 struct TempDir {
@@ -89,6 +89,8 @@ void expect_stream_matches_decode(const Tok& t, const std::vector<TokenId>& ids,
   EXPECT_FALSE(stream.has_pending()) << what;
   EXPECT_EQ(streamed, t.decode(ids, skip)) << what << (skip ? " (skipping special tokens)" : "");
 }
+
+#if defined(TESSERA_HAS_SENTENCEPIECE)
 
 // ---- the fixtures ------------------------------------------------------------------
 
@@ -318,6 +320,21 @@ TEST(SentencePieceLoad, CollidingAddedTokenIds) {
   }
 }
 
+#else  // built without libsentencepiece
+
+TEST(SentencePieceLoad, BuiltWithoutSentencePieceSaysSo) {
+  try {
+    SentencePieceTokenizer::from_directory(sp_dir("internlm2"));
+    FAIL() << "no error";
+  } catch (const tessera::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("built without sentencepiece"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tokenizer.model"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(tessera::tokenizer::load_tokenizer(sp_dir("internlm2")), tessera::FormatError);
+}
+
+#endif
+
 // ---- load_tokenizer -----------------------------------------------------------------
 
 TEST(LoadTokenizer, PicksTheKindFromTheFiles) {
@@ -329,6 +346,7 @@ TEST(LoadTokenizer, PicksTheKindFromTheFiles) {
     EXPECT_EQ(t.kind(), AnyTokenizer::Kind::TokenizerJson);
     EXPECT_EQ(t.token_to_id("<|im_end|>"), 1045);
   }
+#if defined(TESSERA_HAS_SENTENCEPIECE)
   {  // tokenizer.model only (the committed fixture directory)
     const AnyTokenizer t = tessera::tokenizer::load_tokenizer(sp_dir("internlm2"));
     EXPECT_EQ(t.kind(), AnyTokenizer::Kind::SentencePiece);
@@ -344,6 +362,7 @@ TEST(LoadTokenizer, PicksTheKindFromTheFiles) {
     fs::copy_file(qwen_json, d.path / "tokenizer.json");
     EXPECT_EQ(tessera::tokenizer::load_tokenizer(d.path).kind(), AnyTokenizer::Kind::SentencePiece);
   }
+#endif
   {  // both, another class: the fast tokenizer.json
     TempDir d("both_llama");
     fs::copy_file(sp_dir("llama") / "tokenizer.model", d.path / "tokenizer.model");
