@@ -53,6 +53,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -705,13 +706,19 @@ class Tokenizer {
         Piece& p = pieces[k];
         if (p.id) {
           next.push_back(std::move(p));
-        } else if (const auto* meta = std::get_if<MetaspaceStep>(&step)) {
-          // Only the first piece can start at offset 0 of the input: pieces
-          // are never empty, and an added token there comes first itself.
-          apply(*meta, std::move(p.text), k == 0, next);
-        } else {
-          std::visit([&](const auto& s) { apply(s, std::move(p.text), next); }, step);
+          continue;
         }
+        std::visit(
+            [&](const auto& s) {
+              if constexpr (std::is_same_v<std::decay_t<decltype(s)>, MetaspaceStep>) {
+                // Only the first piece can start at offset 0 of the input: pieces
+                // are never empty, and an added token there comes first itself.
+                apply(s, std::move(p.text), k == 0, next);
+              } else {
+                apply(s, std::move(p.text), next);
+              }
+            },
+            step);
       }
       pieces = std::move(next);
     }
@@ -732,8 +739,6 @@ class Tokenizer {
   static void apply(const SplitStep& step, std::string text, std::vector<Piece>& out) {
     isolate(*step.regex, text, out);
   }
-
-  static void apply(const MetaspaceStep&, std::string, std::vector<Piece>&) {}  // handled with its offset
 
   static void apply(const MetaspaceStep& step, std::string text, bool at_start, std::vector<Piece>& out) {
     text = replace_all(std::move(text), " ", step.replacement);
