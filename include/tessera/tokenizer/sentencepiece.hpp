@@ -41,7 +41,7 @@
 // special tokens' ids; runs of other tokens are decoded by sentencepiece; each
 // special token's text is appended after its run, and a space is written
 // before that run unless the token before the special one was special too (so
-// decode of [<s>, "▁Hi"] is " <s>Hi", as the reference gives); then
+// decode(encode("Hi")) is " <s>Hi", as the reference gives); then
 // transformers' clean_up_tokenization (" ." -> ".", " 's" -> "'s", ...) runs
 // over the whole text, as that class always does.
 //
