@@ -106,7 +106,8 @@ TEST(SentencePieceFixture, InternLM2Layout) {
   EXPECT_EQ(t.token_to_id("<ref>"), 705);
   EXPECT_EQ(t.token_to_id("<s>"), 1);
   EXPECT_EQ(t.token_to_id("</s>"), 2);
-  EXPECT_EQ(t.token_to_id("[UNUSED_TOKEN_146]"), std::nullopt);  // renamed
+  EXPECT_EQ(t.token_to_id("[UNUSED_TOKEN_146]"), 701);  // renamed, still a piece (as convert_tokens_to_ids)
+  EXPECT_EQ(t.token_to_id("no such piece"), std::nullopt);
   EXPECT_EQ(t.id_to_token(701), "<|im_start|>");
   EXPECT_EQ(t.id_to_token(13), "<0x0A>");
   EXPECT_EQ(t.token_to_id("<0x0A>"), 13);

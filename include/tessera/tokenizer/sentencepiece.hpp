@@ -436,8 +436,11 @@ class SentencePieceTokenizer {
 
   std::optional<TokenId> token_to_id(std::string_view token) const {
     if (const auto it = added_ids_.find(std::string(token)); it != added_ids_.end()) return it->second;
+    // A piece an added token renames still maps to its id, as the reference's
+    // convert_tokens_to_ids does; a string that is no piece is nullopt (the
+    // reference would give the unknown token's id).
     const int id = sp_->piece_to_id(token);
-    if (id >= 0 && id < sp_->size() && !added_.find(id) && sp_->id_to_piece(id) == token) return id;
+    if (id >= 0 && id < sp_->size() && sp_->id_to_piece(id) == token) return id;
     return std::nullopt;
   }
 
@@ -644,7 +647,12 @@ class SentencePieceStreamDecoder {
     return out;
   }
 
-  bool has_pending() const noexcept { return !raw_.empty() || (!run_.empty() && run_emitted_ == 0); }
+  // Whether finish() would return text (or U+FFFD for unfinished bytes).
+  bool has_pending() const {
+    if (!raw_.empty()) return true;
+    if (run_.empty()) return false;
+    return !eager_ || complete_prefix() < run_.size();
+  }
 
  private:
   static constexpr std::size_t kCompactAfter = 64;
