@@ -373,6 +373,20 @@ TEST(LoadTokenizer, PicksTheKindFromTheFiles) {
     EXPECT_EQ(t.kind(), AnyTokenizer::Kind::TokenizerJson);
     expect_stream_matches_decode(t, t.encode("Hi 😀 there"), false, "json via AnyTokenizer");
   }
+  {  // tokenizer.model of another slow class, no tokenizer.json: refused, naming the class and the files
+    TempDir d("model_llama_only");
+    fs::copy_file(sp_dir("llama") / "tokenizer.model", d.path / "tokenizer.model");
+    write_file(d.path / "tokenizer_config.json", R"({"tokenizer_class": "LlamaTokenizer"})");
+    try {
+      tessera::tokenizer::load_tokenizer(d.path);
+      FAIL() << "no error";
+    } catch (const tessera::FormatError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("LlamaTokenizer"), std::string::npos) << what;
+      EXPECT_NE(what.find("tokenizer.model, tokenizer_config.json"), std::string::npos) << what;
+      EXPECT_NE(what.find(d.path.string()), std::string::npos) << what;
+    }
+  }
   {  // neither: the message lists what is there
     TempDir d("neither");
     write_file(d.path / "config.json", "{}");

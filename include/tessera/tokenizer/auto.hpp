@@ -12,9 +12,10 @@
 //     tokenizer.json lies beside it;
 //   - otherwise tokenizer.json is read when present (the fast tokenizer that
 //     AutoTokenizer uses: Qwen2, MiniCPM-V, Llama-3, Phi-3, Yi);
-//   - otherwise tokenizer.model (SentencePieceTokenizer, which refuses a
-//     tokenizer_class other than InternLM2Tokenizer: another slow class splits
-//     and decodes differently);
+//   - otherwise tokenizer.model (SentencePieceTokenizer) when tokenizer_class
+//     is InternLM2's or absent; another class (LlamaTokenizer, ...) splits and
+//     decodes differently, so that is a FormatError naming the directory, the
+//     files in it and the class;
 //   - neither: an IoError naming the directory and the files found.
 // A file that is there but cannot be used throws its loader's error (a
 // FormatError naming the file and the component), never a silent fallback.
@@ -136,6 +137,12 @@ inline AnyTokenizer load_tokenizer(const std::filesystem::path& dir) {
   const bool has_model = std::filesystem::is_regular_file(dir / "tokenizer.model");
   const std::optional<std::string> cls = detail::tokenizer_class(dir);
   const bool internlm2 = cls && *cls == "InternLM2Tokenizer";
+  if (has_model && !has_json && cls && !internlm2 && *cls != "InternLM2TokenizerFast") {
+    throw FormatError(tessera::detail::concat(
+        "load_tokenizer: ", dir.string(), " has tokenizer.model but no tokenizer.json (", detail::files_found(dir),
+        "), and its tokenizer_class \"", *cls, "\" is not one tessera reads from tokenizer.model (only "
+        "InternLM2Tokenizer's rules are implemented); add the checkpoint's tokenizer.json"));
+  }
   if (has_model && (internlm2 || !has_json)) return SentencePieceTokenizer::from_directory(dir);
   if (has_json) return Tokenizer::from_file(dir / "tokenizer.json");
   throw IoError(tessera::detail::concat("load_tokenizer: ", dir.string(),
