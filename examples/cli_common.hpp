@@ -42,7 +42,7 @@
 #include <tessera/io/config.hpp>
 #include <tessera/ops/elementwise.hpp>
 #include <tessera/tessera.hpp>
-#include <tessera/tokenizer/bpe.hpp>
+#include <tessera/tokenizer/auto.hpp>
 
 namespace tessera::cli {
 
@@ -275,18 +275,20 @@ inline constexpr const char* kRunningHelp = R"(running:
 
 // ---- the checkpoint and the prompt ----------------------------------------------
 
-// `tokenizer`: whether the run reads tokenizer.json (not with --ids).
+// `tokenizer`: whether the run reads a tokenizer (tokenizer.json or
+// tokenizer.model; not with --ids).
 inline void check_model_dir(const fs::path& dir, bool tokenizer = true) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     throw UsageError(detail::concat("--model: '", dir.string(), "' is not a directory"));
   }
-  for (const char* file : {"config.json", "tokenizer.json"}) {
-    if (!tokenizer && std::string_view(file) == "tokenizer.json") continue;
-    if (!fs::exists(dir / file, ec)) {
-      throw UsageError(detail::concat("--model: '", dir.string(), "' has no ", file,
-                                      " (expected a Hugging Face checkpoint directory)"));
-    }
+  if (!fs::exists(dir / "config.json", ec)) {
+    throw UsageError(detail::concat("--model: '", dir.string(),
+                                    "' has no config.json (expected a Hugging Face checkpoint directory)"));
+  }
+  if (tokenizer && !fs::exists(dir / "tokenizer.json", ec) && !fs::exists(dir / "tokenizer.model", ec)) {
+    throw UsageError(detail::concat("--model: '", dir.string(), "' has neither tokenizer.json nor tokenizer.model ",
+                                    "(give the prompt as --ids to run without a tokenizer)"));
   }
 }
 
@@ -299,7 +301,7 @@ inline void check_output_path(const fs::path& file) {
 }
 
 // The ids of `text` (special tokens such as <|im_start|> included).
-inline std::vector<std::int64_t> encode_prompt(const tokenizer::Tokenizer& tok, const std::string& text) {
+inline std::vector<std::int64_t> encode_prompt(const tokenizer::AnyTokenizer& tok, const std::string& text) {
   std::vector<std::int64_t> ids;
   try {
     for (const tokenizer::TokenId id : tok.encode(text)) ids.push_back(id);
@@ -400,7 +402,7 @@ void write_prompt_logits(const Model& model, const Prompt& prompt, std::int64_t 
 // when the first token arrived.
 class TextStream {
  public:
-  explicit TextStream(const tokenizer::Tokenizer* tok) : tok_(tok) {
+  explicit TextStream(const tokenizer::AnyTokenizer* tok) : tok_(tok) {
     if (tok != nullptr) decoder_.emplace(tok->stream_decoder(true));
   }
 
@@ -426,8 +428,8 @@ class TextStream {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   }
-  const tokenizer::Tokenizer* tok_;
-  std::optional<tokenizer::StreamDecoder> decoder_;
+  const tokenizer::AnyTokenizer* tok_;
+  std::optional<tokenizer::AnyStreamDecoder> decoder_;
   std::optional<Clock::time_point> first_;
 };
 
@@ -451,7 +453,7 @@ struct RunStats {
 // into `stats` and prints the generated ids when asked.
 template <class Model, class Prompt>
 void generate_streamed(const Model& model, const Prompt& prompt, const generate::SamplingOptions& options,
-                       const tokenizer::Tokenizer* tok, bool print_generated_ids, RunStats& stats) {
+                       const tokenizer::AnyTokenizer* tok, bool print_generated_ids, RunStats& stats) {
   TextStream stream(tok);
   const auto start = Clock::now();
   const std::vector<std::int64_t> generated =

@@ -121,13 +121,13 @@ std::string chat_text(const CommonOptions& c, std::size_t images) {
 // The prompt's ids with every image marker expanded, and the feature spans:
 // from --prompt, or --input-ids / --ids already expanded (then the spans
 // are found in them and checked against the images).
-void add_ids(const CommonOptions& c, const tokenizer::Tokenizer* tok, const mv::ProcessorConfig& cfg,
+void add_ids(const CommonOptions& c, const tokenizer::AnyTokenizer* tok, const mv::ProcessorConfig& cfg,
              const mv::Config& config, Inputs<mv::Prompt>& in) {
   // --ids runs without a tokenizer, but the span markers' ids are the
-  // tokenizer's: read them from tokenizer.json when there are images.
-  std::optional<tokenizer::Tokenizer> own;
+  // tokenizer's: load it when there are images.
+  std::optional<tokenizer::AnyTokenizer> own;
   if (tok == nullptr && !in.prompt.images.empty()) {
-    own.emplace(tokenizer::Tokenizer::from_file(c.model / "tokenizer.json"));
+    own.emplace(tokenizer::load_tokenizer(c.model));
     tok = &*own;
   }
   if (auto ids = given_ids(c)) {
@@ -218,7 +218,7 @@ placement::Plan MiniCPM_VExample::plan(const fs::path& dir, const Config&, const
 }
 
 Inputs<mv::Prompt> MiniCPM_VExample::prepare(const CommonOptions& c, const Options& o,
-                                             const tokenizer::Tokenizer* tok, const Config& config) {
+                                             const tokenizer::AnyTokenizer* tok, const Config& config) {
   Inputs<mv::Prompt> in;
   const mv::ProcessorConfig cfg = processor_config(c.model, o, config);
   add_images(o, cfg, in);

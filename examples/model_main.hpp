@@ -39,7 +39,7 @@
 //   static void add_flags(FlagParser&, Options&);
 //   static Config load_config(const fs::path& dir);
 //   static Inputs<Prompt> prepare(const CommonOptions&, const Options&,
-//                                 const tokenizer::Tokenizer* tok,   // null with --ids
+//                                 const tokenizer::AnyTokenizer* tok,   // null with --ids
 //                                 const Config&);
 //   optional: static void check(const CommonOptions&, const Options&);   after parsing
 //   optional: static void plan_sizes(const CommonOptions&, const Options&, const Config&,
@@ -90,7 +90,7 @@ template <class F>
 struct Job {
   const ExampleOptions<F>* options = nullptr;
   typename F::Config config;
-  const tokenizer::Tokenizer* tokenizer = nullptr;   // null with --ids: ids on stdout
+  const tokenizer::AnyTokenizer* tokenizer = nullptr;   // null with --ids: ids on stdout
   std::optional<Inputs<typename F::Prompt>> inputs;  // none: --plan-only without a prompt
   generate::SamplingOptions sampling;
   // The sizes, budgets, strategy and pins; run_placed adds the policy's
@@ -254,8 +254,8 @@ int run_example(const ExampleOptions<F>& o) {
     return placed.run(job, placed.label);
   }
 
-  std::optional<tokenizer::Tokenizer> tok;
-  if (!c.ids) tok.emplace(tokenizer::Tokenizer::from_file(c.model / "tokenizer.json"));
+  std::optional<tokenizer::AnyTokenizer> tok;
+  if (!c.ids) tok.emplace(tokenizer::load_tokenizer(c.model));
   job.tokenizer = tok ? &*tok : nullptr;
   const auto start = Clock::now();
   job.inputs.emplace(F::prepare(c, o.family, job.tokenizer, job.config));

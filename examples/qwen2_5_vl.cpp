@@ -132,7 +132,7 @@ void add_videos(const Options& o, const vl::ImageProcessorConfig& cfg, std::int6
 // The prompt's ids with every placeholder expanded to its grid's tokens:
 // from --prompt (chat template, or --raw text holding the placeholders), or
 // --input-ids / --ids already expanded (then only their counts are checked).
-void add_ids(const CommonOptions& c, const tokenizer::Tokenizer* tok, const vl::Config& config,
+void add_ids(const CommonOptions& c, const tokenizer::AnyTokenizer* tok, const vl::Config& config,
              Inputs<vl::Prompt>& in) {
   std::vector<vl::GridTHW> image_grids, video_grids;
   for (const auto& image : in.prompt.images) image_grids.push_back(image.grid_thw);
@@ -223,7 +223,7 @@ placement::Plan Qwen2_5_VLExample::plan(const fs::path& dir, const Config&, cons
 }
 
 Inputs<vl::Prompt> Qwen2_5_VLExample::prepare(const CommonOptions& c, const Options& o,
-                                              const tokenizer::Tokenizer* tok, const Config& config) {
+                                              const tokenizer::AnyTokenizer* tok, const Config& config) {
   Inputs<vl::Prompt> in;
   if (!o.images.empty() || !o.videos.empty()) {
     const vl::ImageProcessorConfig cfg = processor_config(c.model, o, config.vision);

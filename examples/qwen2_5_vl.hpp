@@ -49,7 +49,7 @@ struct Qwen2_5_VLExample {
   static void check(const CommonOptions& c, const Options& o);
   static Config load_config(const std::filesystem::path& dir) { return Config::load(dir); }
   static placement::Plan plan(const std::filesystem::path& dir, const Config&, const placement::PlanRequest& r);
-  static Inputs<Prompt> prepare(const CommonOptions& c, const Options& o, const tokenizer::Tokenizer* tok,
+  static Inputs<Prompt> prepare(const CommonOptions& c, const Options& o, const tokenizer::AnyTokenizer* tok,
                                 const Config& config);
   static void plan_sizes(const CommonOptions& c, const Options& o, const Config& config, const Prompt* prompt,
                          placement::PlanRequest& r);

@@ -1,6 +1,6 @@
 // text_generate: run a decoder-only language model checkpoint (a Hugging
 // Face directory with config.json, the safetensors weights, tokenizer.json
-// unless the prompt is given with --ids, and optionally
+// or tokenizer.model unless the prompt is given with --ids, and optionally
 // generation_config.json) under any placement, and stream what it generates.
 // The family (Qwen2 / Qwen2.5, Llama, Phi-3, InternLM2) comes from config.json.
 //
@@ -15,6 +15,7 @@
 // other failure. Run with --help for the flags. The driver is model_main.hpp.
 #include "text_generate.hpp"
 
+#include <span>
 #include <string>
 #include <vector>
 
@@ -31,13 +32,15 @@ Runs a decoder-only language model (Qwen2 / Qwen2.5, Llama, Phi-3 or InternLM2: 
 says which) under any placement and streams the generated text to stdout.
 
 input (exactly one):
-  --prompt TEXT             a user message, wrapped in the ChatML template Qwen2 uses
-                            (default system prompt, generation prompt added); for the
-                            other families give their template's text with --raw
+  --prompt TEXT             a user message in the chat template config.json selects
+                            (its "template" key, as InternVL2 writes it; ChatML for
+                            Qwen2), default system prompt and generation prompt
+                            added; for checkpoints without one give the template's
+                            text with --raw
   --raw                     with --prompt: tokenize TEXT as it is, no template
   --input-ids "1 2 3"       the prompt as token ids (spaces or commas between)
   --ids 1,2,3               the prompt as token ids, read without a tokenizer (the
-                            checkpoint needs no tokenizer.json); the generated ids go
+                            checkpoint needs no tokenizer); the generated ids go
                             to stdout, space-separated, instead of text
 
 )";
@@ -53,8 +56,36 @@ placement::Plan TextGenerate::plan(const fs::path& dir, const Config& c, const p
   return placement::plan_model(models::describe_decoder(dir, kPrefix, c.weights.lm_head), r);
 }
 
+namespace {
+
+// The chat template config.json selects (generate/chat.hpp: its "template"
+// key, as InternVL2 writes it, else ChatML for the Qwen2 model types); a
+// checkpoint with none tessera knows is bad input for --prompt, not a guess.
+generate::ChatTemplate chat_template(const CommonOptions& c) {
+  const fs::path file = c.model / "config.json";
+  const auto json = io::detail::parse_json_text(io::detail::read_text_file(file, "config file"), file.string());
+  try {
+    return generate::template_for(json, file.string());
+  } catch (const FormatError& e) {
+    throw UsageError(detail::concat("--prompt: ", reason(e), "; give the template's text with --raw, or the ids "
+                                    "with --input-ids / --ids"));
+  }
+}
+
+std::string chat_text(const CommonOptions& c) {
+  const generate::ChatMessage message{"user", *c.prompt};
+  return generate::render(chat_template(c), std::span<const generate::ChatMessage>(&message, 1), true);
+}
+
+std::string chat_label(const CommonOptions& c) {
+  if (!c.prompt || c.raw) return "chat template";
+  return detail::concat(generate::template_name(chat_template(c)), " chat template");
+}
+
+}  // namespace
+
 Inputs<TextGenerate::Prompt> TextGenerate::prepare(const CommonOptions& c, const Options&,
-                                                   const tokenizer::Tokenizer* tok, const Config& config) {
+                                                   const tokenizer::AnyTokenizer* tok, const Config& config) {
   Inputs<Prompt> in;
   const io::DecoderConfig& t = config.text;
   in.lines.push_back(detail::concat("model     ", models::family_name(config.weights.family), ": ",
@@ -63,11 +94,10 @@ Inputs<TextGenerate::Prompt> TextGenerate::prepare(const CommonOptions& c, const
   if (auto ids = given_ids(c)) {
     in.prompt = std::move(*ids);
   } else {
-    in.prompt = encode_prompt(*tok, c.raw ? *c.prompt
-                                          : generate::apply_chat_template(
-                                                std::vector<generate::ChatMessage>{{"user", *c.prompt}}, true));
+    in.prompt = encode_prompt(*tok, c.raw ? *c.prompt : chat_text(c));
   }
-  in.lines.push_back(detail::concat("prompt    ", prompt_source(c), ": ", in.prompt.size(), " tokens"));
+  in.lines.push_back(detail::concat("prompt    ", prompt_source(c, chat_label(c)), ": ", in.prompt.size(),
+                                    " tokens"));
   return in;
 }
 

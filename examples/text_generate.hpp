@@ -46,7 +46,7 @@ struct TextGenerate {
   static void add_flags(FlagParser&, Options&) {}
   static Config load_config(const std::filesystem::path& dir);
   static placement::Plan plan(const std::filesystem::path& dir, const Config& c, const placement::PlanRequest& r);
-  static Inputs<Prompt> prepare(const CommonOptions& c, const Options&, const tokenizer::Tokenizer* tok,
+  static Inputs<Prompt> prepare(const CommonOptions& c, const Options&, const tokenizer::AnyTokenizer* tok,
                                 const Config& config);
 };
 

@@ -550,7 +550,10 @@ struct SpecialTokens {
 
   // FormatError naming the tokenizer file and the first missing token;
   // ValueError when two of <image>, </image>, <slice>, </slice> share an id.
-  static SpecialTokens from(const tokenizer::Tokenizer& tok, const ProcessorConfig& config = {}) {
+  // Any tokenizer with token_to_id and source (tokenizer::Tokenizer,
+  // tokenizer::AnyTokenizer).
+  template <class Tok>
+  static SpecialTokens from(const Tok& tok, const ProcessorConfig& config = {}) {
     auto id = [&](const std::string& token) -> std::int64_t {
       const auto found = tok.token_to_id(token);
       if (!found) {
