@@ -17,6 +17,7 @@
 #include <map>
 #include <sstream>
 #include <stdexcept>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,13 @@ inline std::string join(const std::vector<std::int64_t>& ids) {
     s += std::to_string(ids[i]);
   }
   return s;
+}
+
+// An int64 array of the reference (input ids, greedy tokens) as a vector.
+inline std::vector<std::int64_t> ids_tensor(const io::SafetensorsFile& ref, const std::string& name) {
+  const auto t = ref.load<Host, std::int64_t>(name);
+  const std::span<const std::int64_t> ids = t.span();
+  return {ids.begin(), ids.end()};
 }
 
 // The ids after "<label>: " on a line of `text`.

@@ -28,12 +28,6 @@
 namespace {
 using namespace check;
 
-std::vector<std::int64_t> ids_tensor(const io::SafetensorsFile& ref, const std::string& name) {
-  const auto t = ref.load<Host, std::int64_t>(name);
-  const std::span<const std::int64_t> ids = t.span();
-  return {ids.begin(), ids.end()};
-}
-
 void check_run(std::map<std::string, std::string>& args) {
   const fs::path fixture = args["--fixture"];
   const std::string name = args["--case"];

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "ledger_util.hpp"
 #include "minicpm_v_fixtures.hpp"
 
 namespace tessera::testing {
@@ -108,34 +109,6 @@ INSTANTIATE_TEST_SUITE_P(Cases, MiniCPM_VPlacement, ::testing::Values("one_image
 
 // ---- the planner against the ledger -------------------------------------------
 
-template <class D>
-std::string device_key() {
-  return (is_cpu_v<D> ? "cpu" : "cuda") + std::to_string(D::index);
-}
-
-template <class... Ds>
-std::vector<std::string> stage_keys(std::tuple<Ds...>*) {
-  return {device_key<Ds>()...};
-}
-
-template <DevicePlacement P>
-std::vector<std::vector<std::string>> stages_of_policy() {
-  return [&]<std::size_t... K>(std::index_sequence<K...>) {
-    return std::vector<std::vector<std::string>>{
-        stage_keys(static_cast<devices_of_stage<stage_at<P, K>>*>(nullptr))...};
-  }(std::make_index_sequence<stage_count<P>>{});
-}
-
-template <DevicePlacement P, class F>
-void for_each_device(F&& f) {
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    (f.template operator()<std::tuple_element_t<I, placement::policy_devices<P>>>(), ...);
-  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
-}
-
-struct Measured {
-  std::uint64_t peak = 0, weights = 0, kv = 0;
-};
 
 // Case `c` processed, planned for P (its slices as the vision units),
 // loaded with the plan's layout, and generated from with a few new tokens;

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "ledger_util.hpp"
 #include "decoder_fixtures.hpp"
 
 namespace tessera::testing {
@@ -33,35 +34,6 @@ namespace {
 namespace fx = decoder_fixtures;
 using placement::PlanRequest;
 
-template <class D>
-std::string device_key() {
-  return (is_cpu_v<D> ? "cpu" : "cuda") + std::to_string(D::index);
-}
-
-template <class... Ds>
-std::vector<std::string> stage_keys(std::tuple<Ds...>*) {
-  return {device_key<Ds>()...};
-}
-
-template <DevicePlacement P>
-std::vector<std::vector<std::string>> stages_of_policy() {
-  return [&]<std::size_t... K>(std::index_sequence<K...>) {
-    return std::vector<std::vector<std::string>>{
-        stage_keys(static_cast<devices_of_stage<stage_at<P, K>>*>(nullptr))...};
-  }(std::make_index_sequence<stage_count<P>>{});
-}
-
-// f.template operator()<D>() for every device of P, in stage order.
-template <DevicePlacement P, class F>
-void for_each_device(F&& f) {
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    (f.template operator()<std::tuple_element_t<I, placement::policy_devices<P>>>(), ...);
-  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
-}
-
-struct Measured {
-  std::uint64_t peak = 0, weights = 0, kv = 0;
-};
 
 // The fixture's longest prompt planned for P, then loaded with the plan's
 // layout, a cache of the plan's capacity and generate() with a few new
