@@ -206,6 +206,20 @@ TEST(Image, CorruptJpegsFailCleanly) {
   EXPECT_GT(failed, 0);
 }
 
+// A PNG cut off inside the CRC of an empty IDAT chunk (found by fuzz_image:
+// stb_image copied the chunk's zero bytes from a null buffer, undefined
+// behaviour under UBSan). It is refused like any PNG without image data.
+TEST(Image, TruncatedEmptyIdatPngIsRefused) {
+  const std::vector<std::uint8_t> png = {
+      0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A,  // signature
+      0x00, 0x00, 0x00, 0x0D, 'I', 'H', 'D', 'R',   // IHDR, 13 bytes: 29x19, 8-bit greyscale
+      0x00, 0x00, 0x00, 0x1D, 0x00, 0x00, 0x00, 0x13, 0x08, 0x00, 0x00, 0x00, 0x00,
+      0x49, 0xF2, 0xA3, 0x59,                       // its CRC
+      0x00, 0x00, 0x00, 0x00, 'I', 'D', 'A', 'T',   // an empty IDAT ...
+      0x4E, 0x71, 0x02};                            // ... whose CRC is cut off
+  expect_error<FormatError>([&] { (void)io::decode_rgb_image(png, "cut.png"); }, {"cannot decode image file cut.png"});
+}
+
 // ---- resize, crop, normalize -------------------------------------------------------
 
 TEST(Image, ResizeBicubicMatchesPillow) {

@@ -414,9 +414,14 @@ inline std::optional<std::vector<std::uint8_t>> png_without_empty_idat(std::span
   std::vector<std::uint8_t> out(b.begin(), b.begin() + 8);
   bool dropped = false;
   std::size_t pos = 8;
-  while (pos + 12 <= b.size()) {  // length, type, data, CRC
+  // Length and type, then data and CRC, which a truncated file may lack: an
+  // empty IDAT cut off inside its CRC is dropped too (stb_image would copy
+  // its zero bytes from a null buffer, undefined behaviour; found by
+  // fuzz_image).
+  while (pos + 8 <= b.size()) {
     const std::uint32_t len = read_be32(b, pos);
-    const std::size_t next = len > b.size() - pos - 12 ? b.size() : pos + 12 + len;
+    const bool whole = pos + 12 <= b.size() && len <= b.size() - pos - 12;
+    const std::size_t next = whole ? pos + 12 + len : b.size();
     if (len == 0 && std::equal(idat, idat + 4, b.begin() + static_cast<std::ptrdiff_t>(pos + 4))) {
       dropped = true;
     } else {
