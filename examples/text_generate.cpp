@@ -72,14 +72,9 @@ generate::ChatTemplate chat_template(const CommonOptions& c) {
   }
 }
 
-std::string chat_text(const CommonOptions& c) {
-  const generate::ChatMessage message{"user", *c.prompt};
-  return generate::render(chat_template(c), std::span<const generate::ChatMessage>(&message, 1), true);
-}
-
-std::string chat_label(const CommonOptions& c) {
-  if (!c.prompt || c.raw) return "chat template";
-  return detail::concat(generate::template_name(chat_template(c)), " chat template");
+std::string chat_text(generate::ChatTemplate t, const std::string& user) {
+  const generate::ChatMessage message{"user", user};
+  return generate::render(t, std::span<const generate::ChatMessage>(&message, 1), true);
 }
 
 }  // namespace
@@ -91,13 +86,17 @@ Inputs<TextGenerate::Prompt> TextGenerate::prepare(const CommonOptions& c, const
   in.lines.push_back(detail::concat("model     ", models::family_name(config.weights.family), ": ",
                                     t.num_hidden_layers, " layers, ", t.num_attention_heads, " heads, ",
                                     t.num_key_value_heads, " key-value heads, vocabulary ", t.vocab_size));
+  std::string how = "chat template";  // for the header line
   if (auto ids = given_ids(c)) {
     in.prompt = std::move(*ids);
+  } else if (c.raw) {
+    in.prompt = encode_prompt(*tok, *c.prompt);
   } else {
-    in.prompt = encode_prompt(*tok, c.raw ? *c.prompt : chat_text(c));
+    const generate::ChatTemplate chat = chat_template(c);  // config.json read once
+    how = detail::concat(generate::template_name(chat), " chat template");
+    in.prompt = encode_prompt(*tok, chat_text(chat, *c.prompt));
   }
-  in.lines.push_back(detail::concat("prompt    ", prompt_source(c, chat_label(c)), ": ", in.prompt.size(),
-                                    " tokens"));
+  in.lines.push_back(detail::concat("prompt    ", prompt_source(c, how), ": ", in.prompt.size(), " tokens"));
   return in;
 }
 
