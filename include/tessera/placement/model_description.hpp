@@ -90,6 +90,10 @@ struct VisionDescription {
   std::uint64_t host_bytes_per_unit = 0;
   // One pass over `units` units with elements of `element_size` bytes.
   std::function<VisionCost(std::uint64_t units, std::size_t element_size)> cost;
+  // Why the part is not split over a tensor-parallel group of `group`
+  // devices (it never is: it runs whole on one device of its stage); the
+  // plan's note quotes it. Unset: the generic reason.
+  std::function<std::string(std::size_t group)> unsplit_reason;
 };
 
 // A model for the planner: plan_model(description, request).

@@ -730,6 +730,20 @@ inline std::vector<std::string> empty_stage_notes(const ModelDescription& m, con
   return notes;
 }
 
+// Where the vision part runs when its stage is a tensor-parallel group: on
+// one device of it, whole (one copy per process under MPI), and why.
+inline std::string unsplit_vision_note(const ModelDescription& m, const PlanRequest& r, const Layout& layout) {
+  if (!m.vision) return {};
+  const auto& group = r.stages[layout.vision_stage];
+  if (group.size() < 2) return {};
+  const std::string reason = m.vision->unsplit_reason ? m.vision->unsplit_reason(group.size())
+                                                      : std::string("vision parts are never split over a group");
+  const std::string where = r.one_process ? concat("on ", group.front(), " only")
+                                          : std::string("on each process of the group (its own copy)");
+  return concat("the ", m.vision->label, " runs whole ", where, " of stage ", layout.vision_stage, " (", join(group),
+                "): ", reason);
+}
+
 inline std::string over_budget_message(const Plan& plan) {
   std::string over, within;
   for (const auto& d : plan.devices) {
@@ -837,6 +851,7 @@ inline Plan plan_model(const ModelDescription& m, const PlanRequest& r) {
   plan.stages = r.stages;
   plan.communicator = r.communicator;
   plan.notes = empty_stage_notes(m, r, layout, costs);
+  if (const std::string note = unsplit_vision_note(m, r, layout); !note.empty()) plan.notes.push_back(note);
   for (const auto& [name, numel] : m.tensors) {
     if (role_of(m, name).part == TensorPart::ignored) plan.ignored.push_back(name);
   }
