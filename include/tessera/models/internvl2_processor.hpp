@@ -53,6 +53,8 @@
 // * ProcessorConfig::from_json needs force_image_size or
 //   vision_config.image_size (the reference would fall back to
 //   InternVisionConfig's 224, which no InternVL2 checkpoint uses).
+// * (Not on purpose: io::image's limit.) A GIF's transparent pixels become
+//   black under .convert("RGB") here, the palette colour in Pillow.
 //
 // Checked by tests/unit/test_internvl2_processor.cpp (fixtures from
 // tools/fixtures/make_internvl2_processor_fixtures.py).
