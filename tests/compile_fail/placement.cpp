@@ -19,6 +19,7 @@
 #include <tessera/tessera.hpp>
 #include <tessera/comm/group.hpp>
 #include <tessera/generate/sampling.hpp>
+#include <tessera/models/internvl2_vision.hpp>
 #include <tessera/models/minicpm_v.hpp>
 #include <tessera/models/qwen2_5_vl.hpp>
 #include <tessera/nn/parallel_linear.hpp>
@@ -239,6 +240,20 @@ void f(const models::minicpm_v::VisionEncoder<Cuda<0>, bf16>& encoder, const Ten
   (void)encoder.forward(patches, tgt_sizes);
 #else
   (void)encoder.forward(to<Cuda<0>>(patches), tgt_sizes);
+#endif
+}
+
+#elif defined(TESSERA_CASE_placement_internvl2_tiles_into_encoder_on_other_device)
+// §2.6 #8 one step earlier (OpenGVLab/InternVL#118, #229): the processor's
+// tiles moved to the language model's first GPU while InternViT + mlp1 sit
+// on another; PR #132's "extract_feature return tensor in other device".
+// expect: the InternVL2 vision encoder and its input pixels live on different devices
+// expect: tessera::to<Device>\(pixels\)
+void f(const models::internvl2::VisionEncoder<Cuda<0>, bf16>& encoder, const Tensor<Cuda<3>, bf16>& tiles) {
+#ifdef TESSERA_EXPECT_FAIL
+  (void)encoder.forward(tiles);
+#else
+  (void)encoder.forward(to<Cuda<0>>(tiles));
 #endif
 }
 

@@ -85,12 +85,9 @@ struct Config {
     c.text = io::DecoderConfig::from_json(f.raw("llm_config"), file, "llm_config.");
     c.family = detect_family(c.text, file);
     c.vision = VisionConfig::from_json(f.raw("vision_config"), file);
-    c.projector.select_layer = f.integer("select_layer", -1);
-    c.projector.downsample_ratio = f.number("downsample_ratio", 0.5);
-    // InternVLChatConfig's default is "v1"; every InternVL2 config says "v2".
-    c.projector.ps_version = f.string("ps_version", "v1");
-    c.projector.image_size = f.positive("force_image_size", c.vision.image_size);
-    c.projector.llm_hidden = c.text.hidden_size;
+    // select_layer, downsample_ratio, ps_version, force_image_size and
+    // llm_config.hidden_size, each checked against the tower.
+    c.projector = ProjectorConfig::from_json(root, c.vision, file);
     c.processor = ProcessorConfig::from_json(root, file);
     if (c.processor.image_size != c.projector.image_size) {
       throw f.error("force_image_size", concat("gives tiles of ", c.processor.image_size, " pixels but the tower runs ",
@@ -98,10 +95,6 @@ struct Config {
     }
     c.chat_template = generate::template_for(root, file);
     c.system_message = generate::system_message_for(root, file);
-    // Checks select_layer against the tower's depth, the shuffle's ratio and
-    // version (VisionConfig/ProjectorConfig name the key that is wrong).
-    (void)layers_used(c.vision, c.projector.select_layer);
-    (void)c.tokens_per_tile();
     return c;
   }
 
@@ -160,24 +153,6 @@ inline void check_prompt(const Prompt& prompt, std::int64_t tokens_per_tile) {
                             " tiles of ", tokens_per_tile, " features each (", tiles * tokens_per_tile,
                             "); expand each <image> with the tile count its image was processed to"));
   }
-}
-
-// Every tile of `images`, in order, as one host tensor [tiles, 3, S, S].
-inline Tensor<Host, float> stack_tiles(std::span<const ProcessedImage* const> images) {
-  const std::int64_t tiles = tile_count(images);
-  const Shape& one = images.front()->pixels.shape();
-  Tensor<Host, float> out(Shape{tiles, one[1], one[2], one[3]});
-  std::int64_t row = 0;
-  for (const ProcessedImage* image : images) {
-    if (image->pixels.shape()[1] != one[1] || image->pixels.shape()[2] != one[2]) {
-      throw ValueError(tessera::detail::concat("InternVL2: ", image->source, " has tiles of ", image->pixels.shape(),
-                                               " but ", images.front()->source, " of ", one,
-                                               "; process every image with one ProcessorConfig"));
-    }
-    ops::copy_into(out.view().slice(0, row, row + image->tiles()), image->pixels.view());
-    row += image->tiles();
-  }
-  return out;
 }
 
 }  // namespace tessera::models::internvl2
@@ -308,7 +283,7 @@ class InternVL2 {
   // Runs the tower once over every tile of `images`, in the model's
   // element type, on the device that holds it.
   Features features(std::span<const internvl2::ProcessedImage* const> images) const {
-    const Tensor<Host, float> tiles = internvl2::stack_tiles(images);
+    const Tensor<Host, float> tiles = internvl2::batch_images(images).pixels;
     return vision_.template run<T>([&]<Device D>(const Encoder<D>& encoder) {
       Tensor<D, float> on_device = to<D>(tiles);
       if constexpr (std::same_as<T, float>) {

@@ -451,16 +451,16 @@ struct ImageBatch {
 
 // ValueError when `images` is empty or their tile sizes differ (naming both
 // sources).
-inline ImageBatch batch_images(std::span<const ProcessedImage> images) {
+inline ImageBatch batch_images(std::span<const ProcessedImage* const> images) {
   if (images.empty()) throw ValueError("internvl2::batch_images: no images");
-  const Shape& first = images.front().pixels.shape();
+  const Shape& first = images.front()->pixels.shape();
   std::int64_t total = 0;
   ImageBatch out;
-  for (const ProcessedImage& im : images) {
-    const Shape& sh = im.pixels.shape();
+  for (const ProcessedImage* im : images) {
+    const Shape& sh = im->pixels.shape();
     if (sh.rank() != 4 || sh[1] != 3 || sh[2] != first[2] || sh[3] != first[3]) {
-      throw ValueError(tessera::detail::concat("internvl2::batch_images: ", im.source, " has tiles of shape ", sh,
-                                               " but ", images.front().source, " has ", first,
+      throw ValueError(tessera::detail::concat("internvl2::batch_images: ", im->source, " has tiles of shape ", sh,
+                                               " but ", images.front()->source, " has ", first,
                                                "; every image of a prompt needs the same image_size"));
     }
     total += sh[0];
@@ -468,8 +468,15 @@ inline ImageBatch batch_images(std::span<const ProcessedImage> images) {
   }
   out.pixels = Tensor<Host, float>(Shape{total, 3, first[2], first[3]});
   float* dst = out.pixels.data();
-  for (const ProcessedImage& im : images) dst = std::copy_n(im.pixels.data(), im.pixels.numel(), dst);
+  for (const ProcessedImage* im : images) dst = std::copy_n(im->pixels.data(), im->pixels.numel(), dst);
   return out;
+}
+
+// The same for images held in one span.
+inline ImageBatch batch_images(std::span<const ProcessedImage> images) {
+  std::vector<const ProcessedImage*> all;
+  for (const ProcessedImage& im : images) all.push_back(&im);
+  return batch_images(std::span<const ProcessedImage* const>(all));
 }
 
 // The model card's get_index(bound=None, fps, max_frame, first_idx=0,

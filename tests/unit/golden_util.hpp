@@ -1,0 +1,39 @@
+// The golden tolerance every family's fixture tests share: a value is close
+// to the transformers reference when it is within 1e-4 of the reference's
+// largest magnitude (logits, features).
+#pragma once
+
+#include <tessera/tessera.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace tessera::testing {
+
+inline double max_abs(const Tensor<Host, float>& t) {
+  double m = 0.0;
+  for (float v : t.span()) m = std::max(m, static_cast<double>(std::abs(v)));
+  return m;
+}
+
+inline double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& e) {
+  EXPECT_EQ(a.numel(), e.numel());
+  double m = 0.0;
+  for (std::size_t i = 0; i < std::min(a.span().size(), e.span().size()); ++i) {
+    m = std::max(m, static_cast<double>(std::abs(a.span()[i] - e.span()[i])));
+  }
+  return m;
+}
+
+// Every value within 1e-4 of the reference's largest magnitude.
+inline void expect_golden_close(const Tensor<Host, float>& actual, const Tensor<Host, float>& expected,
+                                const std::string& what) {
+  EXPECT_EQ(actual.shape(), expected.shape()) << what;
+  const double tol = 1e-4 * max_abs(expected);
+  EXPECT_LE(max_diff(actual, expected), tol) << what << " (largest reference magnitude " << max_abs(expected) << ")";
+}
+
+}  // namespace tessera::testing
