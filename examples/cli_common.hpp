@@ -40,6 +40,7 @@
 
 #include <tessera/generate/generate.hpp>
 #include <tessera/io/config.hpp>
+#include <tessera/io/image.hpp>
 #include <tessera/ops/elementwise.hpp>
 #include <tessera/tessera.hpp>
 #include <tessera/tokenizer/auto.hpp>
@@ -310,6 +311,24 @@ inline std::vector<std::int64_t> encode_prompt(const tokenizer::AnyTokenizer& to
   }
   if (ids.empty()) throw UsageError("--prompt: the text has no tokens");
   return ids;
+}
+
+// Decodes an image file named by `flag` (--image, --video-frames); every
+// failure is bad input naming both. `alpha`: what the family's reference
+// does with transparency (transformers' processors composite on white;
+// InternVL's and MiniCPM-V's Image.convert("RGB") drops it).
+inline io::RgbImage load_image_file(std::string_view flag, const fs::path& file,
+                                    io::AlphaMode alpha = io::AlphaMode::composite_on_white) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) {
+    throw UsageError(detail::concat(flag, ": '", file.string(), "' ",
+                                    fs::exists(file, ec) ? "is not a file" : "does not exist"));
+  }
+  try {
+    return io::load_rgb_image(file, alpha);
+  } catch (const Error& e) {  // IoError, FormatError: unreadable or undecodable
+    throw UsageError(detail::concat(flag, ": ", reason(e)));
+  }
 }
 
 // `flag`: where the ids came from, for the message.

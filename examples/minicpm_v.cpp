@@ -66,20 +66,6 @@ mv::ProcessorConfig processor_config(const fs::path& model, const Options& o, co
   return cfg;
 }
 
-// Decodes an image file named by `flag`; every failure is bad input naming both.
-io::RgbImage load_image(std::string_view flag, const fs::path& file) {
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) {
-    throw UsageError(detail::concat(flag, ": '", file.string(), "' ",
-                                    fs::exists(file, ec) ? "is not a file" : "does not exist"));
-  }
-  try {
-    return io::load_rgb_image(file);
-  } catch (const Error& e) {  // IoError, FormatError: unreadable or undecodable
-    throw UsageError(detail::concat(flag, ": ", reason(e)));
-  }
-}
-
 // "source 350x574 (25x41 patches) + grid 2x1 of 490x406": how an image was cut.
 std::string slices_text(const mv::ProcessedImage& p) {
   const auto size = [&](std::size_t s) {
@@ -96,7 +82,7 @@ void add_images(const Options& o, const mv::ProcessorConfig& cfg, Inputs<mv::Pro
   const std::vector<fs::path>& files = video ? o.video_frames : o.images;
   const char* flag = video ? "--video-frames" : "--image";
   for (std::size_t i = 0; i < files.size(); ++i) {
-    const io::RgbImage image = load_image(flag, files[i]);
+    const io::RgbImage image = load_image_file(flag, files[i]);
     try {
       in.prompt.images.push_back(mv::process_image(image, cfg, files[i].string()));
     } catch (const ValueError& e) {

@@ -42,6 +42,7 @@
 //                                 const tokenizer::AnyTokenizer* tok,   // null with --ids
 //                                 const Config&);
 //   optional: static void check(const CommonOptions&, const Options&);   after parsing
+//   optional: static constexpr std::string_view default_strategy;   --strategy's default
 //   optional: static void plan_sizes(const CommonOptions&, const Options&, const Config&,
 //                                    const Prompt* prompt,   // null: --plan-only, no prompt
 //                                    placement::PlanRequest&);   sizes beyond the text
@@ -83,6 +84,9 @@ template <class Prompt>
 struct Inputs {
   Prompt prompt;
   std::vector<std::string> lines;
+  // Where the family's chat() stops on other tokens than generation_config.json
+  // names (InternVL2: its template's separator only).
+  std::optional<std::vector<std::int64_t>> eos_token_ids;
 };
 
 // One run, all but the placement: what model_main hands to run_placed.
@@ -193,6 +197,7 @@ class MpiProcess {
 template <class F>
 ExampleOptions<F> parse_example_args(int argc, char** argv) {
   ExampleOptions<F> o;
+  if constexpr (requires { F::default_strategy; }) o.placement.strategy = std::string(F::default_strategy);
   FlagParser parser;
   add_common_flags(parser, o.common);
   add_placement_flags(parser, o.placement);
@@ -266,6 +271,7 @@ int run_example(const ExampleOptions<F>& o) {
   const std::int64_t context_limit = c.max_context.value_or(text.max_position_embeddings);
   job.sampling =
       sampling_options(c, io::GenerationConfig::load_or_default(c.model, text), prompt_tokens, context_limit);
+  if (job.inputs->eos_token_ids) job.sampling.eos_token_ids = *job.inputs->eos_token_ids;
   r.max_context = std::min(context_limit, prompt_tokens + job.sampling.max_new_tokens);
   r.max_prompt = prompt_tokens;
   add_plan_sizes(&job.inputs->prompt);

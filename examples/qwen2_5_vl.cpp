@@ -64,20 +64,6 @@ vl::ImageProcessorConfig processor_config(const fs::path& model, const Options& 
   return cfg;
 }
 
-// Decodes an image file named by `flag`; every failure is bad input naming both.
-vl::RgbImage load_image(std::string_view flag, const fs::path& file) {
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) {
-    throw UsageError(detail::concat(flag, ": '", file.string(), "' ",
-                                    fs::exists(file, ec) ? "is not a file" : "does not exist"));
-  }
-  try {
-    return vl::load_rgb_image(file);
-  } catch (const Error& e) {  // IoError, FormatError: unreadable or undecodable
-    throw UsageError(detail::concat(flag, ": ", reason(e)));
-  }
-}
-
 // "grid 1x12x16, 48 tokens": a grid and the placeholder tokens it becomes.
 std::string grid_text(const vl::GridTHW& g, std::int64_t merge) {
   const std::int64_t tokens = g[0] * g[1] * g[2] / (merge * merge);
@@ -87,7 +73,7 @@ std::string grid_text(const vl::GridTHW& g, std::int64_t merge) {
 void add_images(const Options& o, const vl::ImageProcessorConfig& cfg, std::int64_t merge, Inputs<vl::Prompt>& in) {
   for (std::size_t i = 0; i < o.images.size(); ++i) {
     const fs::path& file = o.images[i];
-    const vl::RgbImage image = load_image("--image", file);
+    const vl::RgbImage image = load_image_file("--image", file);
     try {
       in.prompt.images.push_back(vl::preprocess_image(image, cfg));
     } catch (const ValueError& e) {  // too small, too elongated
@@ -106,7 +92,7 @@ void add_videos(const Options& o, const vl::ImageProcessorConfig& cfg, std::int6
     const std::vector<fs::path>& files = o.videos[v];
     std::vector<vl::RgbImage> frames;
     for (const fs::path& file : files) {
-      frames.push_back(load_image("--video-frames", file));
+      frames.push_back(load_image_file("--video-frames", file));
       const vl::RgbImage& f = frames.back();
       if (f.width != frames.front().width || f.height != frames.front().height) {
         throw UsageError(detail::concat("--video-frames: frame '", file.string(), "' is ", f.width, "x", f.height,

@@ -42,8 +42,8 @@ inline std::uint64_t max_tiles_per_image(const ProcessorConfig& p) {
 // "InternViT-300M" or "InternViT-6B" by the tower's shape, for the plan.
 inline std::string tower_label(const VisionConfig& v) {
   const bool six_b = v.norm_type == NormType::rms_norm && v.qk_normalization;
-  return tessera::detail::concat(six_b ? "InternViT-6B-style" : "InternViT-300M-style", " encoder (",
-                                 v.num_hidden_layers, " layers, ", v.num_attention_heads, " heads) + mlp1");
+  return tessera::detail::concat(six_b ? "InternViT-6B-style" : "InternViT-300M-style", " + mlp1 (",
+                                 v.num_hidden_layers, " layers)");
 }
 
 // The role of checkpoint tensor `name` in a model of `config`: tower
