@@ -1,9 +1,10 @@
 // libFuzzer target for the JSON files of a Hugging Face checkpoint:
 // model.safetensors.index.json (parse_checkpoint_index), config.json
-// (DecoderConfig, then the decoder's judgement of it; MiniCPM-V's Config),
+// (DecoderConfig, then the decoder's judgement of it; MiniCPM-V's Config;
+// InternVL2's Config with its llm_config, vision_config and tiling keys),
 // generation_config.json (GenerationConfig) and MiniCPM-V's
 // preprocessor_config.json (ProcessorConfig). Every input goes through all
-// five parsers; each must either succeed (and then satisfy
+// six parsers; each must either succeed (and then satisfy
 // its invariants) or fail with a tessera::Error. Anything else (a crash, a
 // sanitizer report, a foreign exception such as nlohmann's, a broken
 // invariant) is a bug.
@@ -15,6 +16,7 @@
 #include <tessera/io/checkpoint.hpp>
 #include <tessera/io/config.hpp>
 #include <tessera/models/decoder_family.hpp>
+#include <tessera/models/internvl2.hpp>
 #include <tessera/models/minicpm_v.hpp>
 #include <tessera/models/minicpm_v_processor.hpp>
 
@@ -101,6 +103,23 @@ void minicpm_v_processor_invariants(std::string_view text) {
   for (std::size_t i = 0; i < 3; ++i) check(p.std[i] != 0);
 }
 
+// InternVL2's config.json: the tower, the shuffle and the tiling the model
+// and the processor divide by.
+void internvl2_config_invariants(std::string_view text) {
+  namespace iv = tessera::models::internvl2;
+  const auto json = tessera::io::detail::parse_json_text(text, "fuzz-internvl2-config.json");
+  const auto c = iv::Config::from_json(json, "fuzz-internvl2-config.json");
+  check(c.vision.hidden_size > 0 && c.vision.num_attention_heads > 0 && c.vision.patch_size > 0);
+  check(c.vision.hidden_size % c.vision.num_attention_heads == 0);
+  const std::int64_t used = iv::layers_used(c.vision, c.projector.select_layer);
+  check(used >= 1 && used <= c.vision.num_hidden_layers);
+  check(c.tokens_per_tile() > 0);
+  check(c.projector.llm_hidden == c.text.hidden_size);
+  check(c.processor.min_num >= 1 && c.processor.min_num <= c.processor.max_num);
+  check(c.processor.image_size == c.projector.image_size && c.processor.image_size % c.vision.patch_size == 0);
+  tessera::models::check_decoder_config(c.text, tessera::models::weights_for(c.family), "fuzz-internvl2-config.json");
+}
+
 template <class Fn>
 void expect_clean(Fn&& fn, std::string_view text) {
   try {
@@ -119,5 +138,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect_clean(generation_invariants, text);
   expect_clean(minicpm_v_config_invariants, text);
   expect_clean(minicpm_v_processor_invariants, text);
+  expect_clean(internvl2_config_invariants, text);
   return 0;
 }
