@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "golden_util.hpp"
 #include "test_util.hpp"
 
 namespace tessera::testing::decoder_fixtures {
@@ -63,12 +64,6 @@ struct Reference {
   Ids eos_token_ids() const { return meta["generation"]["eos_token_id"].get<Ids>(); }
   std::int64_t max_new_tokens() const { return meta["generation"]["max_new_tokens"].get<std::int64_t>(); }
 };
-
-inline double max_abs(const Tensor<Host, float>& t) {
-  double m = 0.0;
-  for (float v : t.span()) m = std::max(m, static_cast<double>(std::abs(v)));
-  return m;
-}
 
 // Row `row` of `actual` [*, V] against row `ref_row` of `expected` [*, V]:
 // every logit within `tol`; the failure names the worst token.

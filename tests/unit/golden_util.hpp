@@ -1,6 +1,6 @@
-// The golden tolerance every family's fixture tests share: a value is close
-// to the transformers reference when it is within 1e-4 of the reference's
-// largest magnitude (logits, features).
+// What every family's fixture tests share: the golden tolerance (a value is
+// close to the transformers reference when it is within 1e-4 of the
+// reference's largest magnitude) and bit-for-bit equality of placements.
 #pragma once
 
 #include <tessera/tessera.hpp>
@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 namespace tessera::testing {
@@ -31,9 +32,13 @@ inline double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& 
 // Every value within 1e-4 of the reference's largest magnitude.
 inline void expect_golden_close(const Tensor<Host, float>& actual, const Tensor<Host, float>& expected,
                                 const std::string& what) {
-  EXPECT_EQ(actual.shape(), expected.shape()) << what;
   const double tol = 1e-4 * max_abs(expected);
   EXPECT_LE(max_diff(actual, expected), tol) << what << " (largest reference magnitude " << max_abs(expected) << ")";
+}
+
+// Placements that run the same kernels on the same rows must agree bit for bit.
+inline bool same_bits(const Tensor<Host, float>& a, const Tensor<Host, float>& b) {
+  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), static_cast<std::size_t>(a.bytes())) == 0;
 }
 
 }  // namespace tessera::testing

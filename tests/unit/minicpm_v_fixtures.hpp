@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "golden_util.hpp"
 #include "test_util.hpp"
 
 namespace tessera::testing::minicpm_v_fixtures {
@@ -93,28 +94,6 @@ inline mv::Prompt prompt_of(const std::string& c) {
   p.bounds = mv::image_bounds(p.ids, mv::SpecialTokens::from(fixture_tokenizer()));
   p.images = images_of(c);
   return p;
-}
-
-inline double max_abs(const Tensor<Host, float>& t) {
-  double m = 0.0;
-  for (float v : t.span()) m = std::max(m, static_cast<double>(std::abs(v)));
-  return m;
-}
-
-inline double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& e) {
-  EXPECT_EQ(a.numel(), e.numel());
-  double m = 0.0;
-  for (std::size_t i = 0; i < std::min(a.span().size(), e.span().size()); ++i) {
-    m = std::max(m, static_cast<double>(std::abs(a.span()[i] - e.span()[i])));
-  }
-  return m;
-}
-
-// The golden tolerance: every value within 1e-4 of the reference's largest magnitude.
-inline void expect_close(const Tensor<Host, float>& actual, const Tensor<Host, float>& expected,
-                         const std::string& what) {
-  const double tol = 1e-4 * max_abs(expected);
-  EXPECT_LE(max_diff(actual, expected), tol) << what << " (largest reference magnitude " << max_abs(expected) << ")";
 }
 
 inline Tensor<Host, float> row(const Tensor<Host, float>& t, std::int64_t r) { return to<Host>(t.slice(0, r, r + 1)); }

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "golden_util.hpp"
 #include "test_util.hpp"
 
 namespace tessera::testing::qwen2_5_vl_fixtures {
@@ -67,21 +68,6 @@ inline vl::Prompt prompt_of(const Reference& ref, const std::string& variant, co
     p.videos.push_back(vl::preprocess_video(frames, meta["fps"].get<double>(), cfg));
   }
   return p;
-}
-
-inline double max_abs(const Tensor<Host, float>& t) {
-  double m = 0.0;
-  for (float v : t.span()) m = std::max(m, static_cast<double>(std::abs(v)));
-  return m;
-}
-
-inline double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& e) {
-  EXPECT_EQ(a.shape(), e.shape());
-  double m = 0.0;
-  for (std::size_t i = 0; i < std::min(a.span().size(), e.span().size()); ++i) {
-    m = std::max(m, static_cast<double>(std::abs(a.span()[i] - e.span()[i])));
-  }
-  return m;
 }
 
 inline Tensor<Host, float> row(const Tensor<Host, float>& t, std::int64_t r) { return to<Host>(t.slice(0, r, r + 1)); }

@@ -36,7 +36,6 @@ namespace {
 namespace fx = decoder_fixtures;
 using fx::argmax_row;
 using fx::Ids;
-using fx::max_abs;
 using fx::Reference;
 using fx::rows_close;
 using Model = models::Decoder<Single<Cpu<0>>, float>;

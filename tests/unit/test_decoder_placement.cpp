@@ -41,18 +41,6 @@ std::vector<Tensor<Host, float>> run(const Model& m, const Ids& ids, const Ids& 
   return out;
 }
 
-bool same_bits(const Tensor<Host, float>& a, const Tensor<Host, float>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), static_cast<std::size_t>(a.bytes())) == 0;
-}
-
-double max_diff(const Tensor<Host, float>& a, const Tensor<Host, float>& b) {
-  double m = 0.0;
-  for (std::size_t i = 0; i < a.span().size(); ++i) {
-    m = std::max(m, static_cast<double>(std::abs(a.span()[i] - b.span()[i])));
-  }
-  return m;
-}
-
 class DecoderPlacement : public ::testing::TestWithParam<std::string> {};
 
 // Enough decode steps to cross each fixture's RoPE threshold where it has
@@ -84,7 +72,7 @@ void expect_within_golden_tolerance(const Model& m, const std::string& fixture) 
     const auto want = run(one, ids, tokens, std::min(kSteps, tokens.size() - 1));
     const auto got = run(m, ids, tokens, std::min(kSteps, tokens.size() - 1));
     for (std::size_t s = 0; s < got.size(); ++s) {
-      EXPECT_LE(max_diff(got[s], want[s]), 1e-4 * fx::max_abs(want[s])) << fixture << " " << prompt << " step " << s;
+      EXPECT_LE(max_diff(got[s], want[s]), 1e-4 * max_abs(want[s])) << fixture << " " << prompt << " step " << s;
     }
     generate::SamplingOptions options;
     options.max_new_tokens = static_cast<std::int64_t>(tokens.size());

@@ -56,10 +56,6 @@ std::vector<Tensor<Host, float>> run(const M& m, const iv::Prompt& p, const Ids&
   return out;
 }
 
-bool same_bits(const Tensor<Host, float>& a, const Tensor<Host, float>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), static_cast<std::size_t>(a.bytes())) == 0;
-}
-
 const std::vector<Tensor<Host, float>>& single_run(const std::string& id) {
   static std::map<std::string, std::vector<Tensor<Host, float>>> runs;
   if (!runs.contains(id)) {

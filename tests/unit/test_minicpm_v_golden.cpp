@@ -81,7 +81,7 @@ TEST_P(MiniCPM_VGolden, ImageFeaturesMatch) {
     return;
   }
   const Tensor<Host, float> features = to<Host>(model().image_features(p.images));
-  expect_close(features, reference().floats(c + ".image_features"), c + " image features");
+  expect_golden_close(features, reference().floats(c + ".image_features"), c + " image features");
 }
 
 TEST_P(MiniCPM_VGolden, PromptLogitsMatchEveryPosition) {
@@ -91,7 +91,7 @@ TEST_P(MiniCPM_VGolden, PromptLogitsMatchEveryPosition) {
   const Tensor<Host, float> logits = to<Host>(model().forward(p, cache));
   const Tensor<Host, float> expected = reference().floats(c + ".logits");
   ASSERT_EQ(logits.shape(), expected.shape());
-  expect_close(logits, expected, c + " prompt logits");
+  expect_golden_close(logits, expected, c + " prompt logits");
 }
 
 TEST_P(MiniCPM_VGolden, DecodeStepsAndGreedyTokensMatch) {
@@ -108,7 +108,7 @@ TEST_P(MiniCPM_VGolden, DecodeStepsAndGreedyTokensMatch) {
   for (std::int64_t i = 0; i < steps.dim(0); ++i) {
     const std::int64_t id = expected[static_cast<std::size_t>(i)];
     const Tensor<Host, float> step = to<Host>(model().forward(std::span<const std::int64_t>(&id, 1), cache));
-    expect_close(step, row(steps, i), c + " decode step " + std::to_string(i));
+    expect_golden_close(step, row(steps, i), c + " decode step " + std::to_string(i));
   }
 }
 
@@ -147,7 +147,7 @@ TEST(MiniCPM_VBatch, RowsMatchTheLeftPaddedReference) {
   const Ids greedy_rows = reference().ints("batch.greedy");
   const std::size_t per_row = greedy_rows.size() / prompts.size();
   for (std::size_t r = 0; r < prompts.size(); ++r) {
-    expect_close(to<Host>(logits[r]), reference().floats("batch.logits." + std::to_string(r)),
+    expect_golden_close(to<Host>(logits[r]), reference().floats("batch.logits." + std::to_string(r)),
                  "batch row " + std::to_string(r));
     const auto generated = generate::generate(model(), prompts[r], greedy(static_cast<std::int64_t>(per_row)));
     EXPECT_EQ(Ids(generated.begin(), generated.end()),
