@@ -129,6 +129,20 @@ PlacedRun<F> placed_run() {
   return {&run_placed<F, P, T>, policy_name<P>() + (std::is_same_v<T, float> ? ", float32" : ", bf16")};
 }
 
+// --plan-only under a placement this build cannot run (a CUDA one without
+// the CUDA backend): the plan needs only the stages' device names and the
+// element size, so a CPU-only machine plans a GPU deployment.
+template <class F, DevicePlacement P, FloatType T>
+int plan_placed(const Job<F>& job, const std::string& label) {
+  placement::PlanRequest request = job.request;
+  request.stages = plan_stages<P>();
+  request.element_size = sizeof(T);
+  request.one_process = true;
+  request.communicator = "in-process";
+  std::cout << "-- placement " << label << "\n" << job.plan(request).table();
+  return 0;
+}
+
 // "cpu, pipeline:cpu0,cpu1, ...": the --placement spellings this build has.
 inline std::string placement_specs() {
   std::string out;
@@ -141,17 +155,27 @@ inline std::string placement_specs() {
 
 // The run of --placement `spec` (or --device), or bad input naming the
 // placements there are.
+// `plan_only`: a CUDA placement of a build without CUDA still plans.
 template <class F>
-PlacedRun<F> find_placement(const std::string& spec) {
+PlacedRun<F> find_placement(const std::string& spec, bool plan_only) {
 #define TESSERA_FIND(tag) \
   if (spec == placements::tag::spec) return placed_run<F, placements::tag>();
   TESSERA_EXAMPLE_CPU_PLACEMENTS(TESSERA_FIND)
   TESSERA_EXAMPLE_CUDA_PLACEMENTS(TESSERA_FIND)
 #undef TESSERA_FIND
 #if !defined(TESSERA_WITH_CUDA)
+#define TESSERA_FIND_PLAN(tag)                                                                     \
+  if (plan_only && spec == placements::tag::spec) {                                                \
+    using P = placements::tag::policy;                                                             \
+    return {&plan_placed<F, P, placements::tag::element>,                                          \
+            policy_name<P>() + ", bf16 (plan only: this build has no CUDA backend)"};              \
+  }
+  TESSERA_EXAMPLE_CUDA_LIST(TESSERA_FIND_PLAN)
+#undef TESSERA_FIND_PLAN
   if (spec.find("cuda") != std::string::npos) {
     throw UsageError(detail::concat("--placement ", spec, ": this build has no CUDA backend (configure with "
-                                    "-DTESSERA_CUDA=ON on a machine with nvcc); use one of ", placement_specs()));
+                                    "-DTESSERA_CUDA=ON on a machine with nvcc); --plan-only still plans it; "
+                                    "to run, use one of ", placement_specs()));
   }
 #endif
   throw UsageError(detail::concat("--placement '", spec, "' is not one of the placements this program is built "
@@ -233,7 +257,7 @@ int run_example(const ExampleOptions<F>& o) {
   if (c.logits_out) check_output_path(*c.logits_out);
   const std::string spec = o.placement.placement.value_or(c.device);
   const MpiProcess mpi(spec);
-  const PlacedRun<F> placed = find_placement<F>(spec);
+  const PlacedRun<F> placed = find_placement<F>(spec, o.placement.plan_only);
 
   Job<F> job;
   job.options = &o;

@@ -57,7 +57,6 @@ struct tp4_cpu {
 // ---- CUDA devices, bf16 (builds with the CUDA backend) --------------------------
 // The layouts big checkpoints need: pipelines and tensor parallel over 2, 4
 // and 8 GPUs, and two tensor-parallel stages (2 x 2, 2 x 4).
-#if defined(TESSERA_WITH_CUDA)
 struct cuda {
   static constexpr std::string_view spec = "cuda";
   using policy = Single<Cuda<0>>;
@@ -105,7 +104,7 @@ struct pp2_tp4_cuda {
   using element = bf16;
 };
 
-#define TESSERA_EXAMPLE_CUDA_PLACEMENTS(X) \
+#define TESSERA_EXAMPLE_CUDA_LIST(X) \
   X(cuda)                                  \
   X(pp2_cuda)                              \
   X(tp2_cuda)                              \
@@ -115,6 +114,10 @@ struct pp2_tp4_cuda {
   X(tp4_cuda)                              \
   X(tp8_cuda)                              \
   X(pp2_tp4_cuda)
+// Built (a translation unit each) only with the CUDA backend; without it
+// they still plan (--plan-only needs the stages' names, not the devices).
+#if defined(TESSERA_WITH_CUDA)
+#define TESSERA_EXAMPLE_CUDA_PLACEMENTS(X) TESSERA_EXAMPLE_CUDA_LIST(X)
 #else
 #define TESSERA_EXAMPLE_CUDA_PLACEMENTS(X)
 #endif

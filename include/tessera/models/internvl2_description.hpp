@@ -77,6 +77,15 @@ inline placement::ModelDescription describe(const std::filesystem::path& dir) {
   m.name = dir.string();
   m.decoder = decoder_shape(config.text, config.text.tie_word_embeddings && !checkpoint.contains(lm_head));
   m.tensors = tensor_sizes(checkpoint);
+  // The tower keeps its position table resized to the tiles' grid
+  // (force_image_size / patch), which differs from the stored one when the
+  // config's image_size does.
+  const std::int64_t grid = config.projector.image_size / config.vision.patch_size;
+  for (auto& [name, numel] : m.tensors) {
+    if (name == std::string(kVisionPrefix) + "embeddings.position_embedding") {
+      numel = (1 + grid * grid) * config.vision.hidden_size;
+    }
+  }
   m.classify = [config, weights, lm_head](std::string_view name) {
     return tensor_role(config, weights, lm_head, name);
   };
@@ -90,7 +99,9 @@ inline placement::ModelDescription describe(const std::filesystem::path& dir) {
   vision.cost = [v = config.vision, p = config.projector, tile_pixels, features_per_tile](std::uint64_t tiles,
                                                                                         std::size_t element_size) {
     placement::VisionCost cost;
-    cost.host_transient = 4 * tiles * tile_pixels;  // every prompt's tiles stacked into one batch
+    // Every prompt's tiles stacked into one batch, and the tower's index
+    // tensors made on the host.
+    cost.host_transient = 4 * tiles * tile_pixels + encoder_host_cost(v, p, tiles);
     cost.device_transient = encoder_cost(v, p, tiles, element_size);
     cost.features = tiles * features_per_tile * element_size;
     return cost;

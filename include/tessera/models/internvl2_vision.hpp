@@ -579,6 +579,14 @@ class VisionEncoder {
     Tensor<D, T> patch_b = weight("embeddings.patch_embedding.bias", Shape{c});
     Tensor<D, T> cls = weight("embeddings.class_embedding", Shape{1, 1, c});
     cls.reshape_inplace(Shape{1, c});
+    if (grid == table) {
+      // Every published checkpoint: the reference's resize is the identity
+      // (bicubic at scale 1 takes each value's own weight 1), so the table
+      // loads as stored, with no float32 copies on the host.
+      Tensor<D, T> positions = weight("embeddings.position_embedding", Shape{1, 1 + table * table, c});
+      positions.reshape_inplace(Shape{1 + table * table, c});
+      return Embeddings{std::move(patch_w), std::move(patch_b), std::move(cls), std::move(positions)};
+    }
     // The table in float32 (the reference's pos_embed.float()), resized, then
     // cast to T; the CLS position is used as stored.
     Tensor<Host, float> stored = vision_detail::load_checked<Host, float>(
@@ -736,6 +744,17 @@ namespace tessera::models::internvl2 {
 // Host-built index tensors are counted as if on the device (on a CPU slot
 // they are), so it is an upper bound on every device; the test holds the
 // ledger's measured peak under it. Only the layers up to select_layer run.
+// Bytes the forward holds on the host whichever device runs it: the
+// index tensors built there before to<> moves them (the pixel shuffle's
+// source rows, the tiles' cu_seqlens), alive while the device copy is used.
+// encoder_cost counts them on the tower's device too, so a tower on the
+// host is charged twice for them (a few KiB per tile).
+inline std::uint64_t encoder_host_cost(const VisionConfig& v, const ProjectorConfig& p, std::uint64_t tiles) {
+  if (tiles == 0) return 0;
+  const auto grid = static_cast<std::uint64_t>(p.image_size / v.patch_size);
+  return 8 * tiles * grid * grid + 4 * (tiles + 1);
+}
+
 inline std::uint64_t encoder_cost(const VisionConfig& v, const ProjectorConfig& p, std::uint64_t tiles,
                                   std::size_t element_size) {
   using u64 = std::uint64_t;
