@@ -157,7 +157,7 @@ inline std::string placement_specs() {
 // placements there are.
 // `plan_only`: a CUDA placement of a build without CUDA still plans.
 template <class F>
-PlacedRun<F> find_placement(const std::string& spec, bool plan_only) {
+PlacedRun<F> find_placement(const std::string& spec, [[maybe_unused]] bool plan_only) {
 #define TESSERA_FIND(tag) \
   if (spec == placements::tag::spec) return placed_run<F, placements::tag>();
   TESSERA_EXAMPLE_CPU_PLACEMENTS(TESSERA_FIND)
