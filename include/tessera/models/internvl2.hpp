@@ -199,7 +199,13 @@ class InternVL2 {
                                                                                       config_.projector,
                                                                                       internvl2::kVisionPrefix,
                                                                                       internvl2::kProjectorPrefix);
-                                                            })) {}
+                                                            })) {
+    // InternVL2-4B's Phi-3 (LongRoPE): its generate keeps decoding on the
+    // cache when a sequence passes original_max_position_embeddings, the
+    // earlier keys rotated with the short factors; every prompt here is
+    // edited embeddings, which a rerun could not replay anyway.
+    text_.set_longrope_crossing(LanguageModel::LongRopeCrossing::keep_cache);
+  }
 
   const Config& config() const noexcept { return config_; }
   // Which stage holds each layer and the pinned vision module.

@@ -322,25 +322,13 @@ inline std::int64_t tokens_per_tile(const VisionConfig& v, const ProjectorConfig
   return side * side;
 }
 
-// The stored patch position table [in * in, C] (row-major grid, float32)
-// resized to [out * out, C] as F.interpolate(mode='bicubic',
-// align_corners=False) does (see the top of the file). out == in returns
-// the table unchanged.
-inline Tensor<Host, float> bicubic_resize_positions(const Tensor<Host, float>& table, std::int64_t in,
-                                                    std::int64_t out) {
-  using tessera::detail::concat;
-  if (in <= 0 || out <= 0 || in > vision_detail::kMaxSide || out > vision_detail::kMaxSide || table.rank() != 2 ||
-      table.dim(0) != in * in) {
-    throw ShapeError(concat("bicubic_resize_positions: table ", table.shape().to_string(), " must be [", in, " * ",
-                            in, ", C] and both grids positive (", in, " -> ", out, ")"));
-  }
-  if (in == out) return contiguous(table.view());
-  const std::int64_t channels = table.dim(1);
+// The stored patch position table `src` [in * in, C] (row-major grid,
+// float32) resized into `dst` [out * out, C] as F.interpolate(mode='bicubic',
+// align_corners=False) does (see the top of the file).
+inline void bicubic_resize_positions_into(const float* src, std::int64_t in, std::int64_t out, std::int64_t channels,
+                                          float* dst) {
   std::vector<vision_detail::CubicTaps> taps;
   for (std::int64_t i = 0; i < out; ++i) taps.push_back(vision_detail::cubic_taps(in, out, i));
-  Tensor<Host, float> resized(Shape{out * out, channels});
-  const float* src = table.raw();
-  float* dst = resized.raw();
   std::vector<double> acc(static_cast<std::size_t>(channels));
   for (std::int64_t y = 0; y < out; ++y) {
     for (std::int64_t x = 0; x < out; ++x, dst += channels) {
@@ -357,6 +345,20 @@ inline Tensor<Host, float> bicubic_resize_positions(const Tensor<Host, float>& t
       for (std::int64_t c = 0; c < channels; ++c) dst[c] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
     }
   }
+}
+
+// The same as a new tensor; out == in returns the table unchanged.
+inline Tensor<Host, float> bicubic_resize_positions(const Tensor<Host, float>& table, std::int64_t in,
+                                                    std::int64_t out) {
+  using tessera::detail::concat;
+  if (in <= 0 || out <= 0 || in > vision_detail::kMaxSide || out > vision_detail::kMaxSide || table.rank() != 2 ||
+      table.dim(0) != in * in) {
+    throw ShapeError(concat("bicubic_resize_positions: table ", table.shape().to_string(), " must be [", in, " * ",
+                            in, ", C] and both grids positive (", in, " -> ", out, ")"));
+  }
+  if (in == out) return contiguous(table.view());
+  Tensor<Host, float> resized(Shape{out * out, table.dim(1)});
+  bicubic_resize_positions_into(table.raw(), in, out, table.dim(1), resized.raw());
   return resized;
 }
 
@@ -587,15 +589,23 @@ class VisionEncoder {
       positions.reshape_inplace(Shape{1 + table * table, c});
       return Embeddings{std::move(patch_w), std::move(patch_b), std::move(cls), std::move(positions)};
     }
-    // The table in float32 (the reference's pos_embed.float()), resized, then
-    // cast to T; the CLS position is used as stored.
-    Tensor<Host, float> stored = vision_detail::load_checked<Host, float>(
-        checkpoint, vision_detail::kTower, prefix + "embeddings.position_embedding", Shape{1, 1 + table * table, c});
-    stored.reshape_inplace(Shape{1 + table * table, c});
-    const Tensor<Host, float>& table_rows = stored;
-    const Tensor<Host, float> resized =
-        bicubic_resize_positions(contiguous(table_rows.slice(0, 1, 1 + table * table)), table, grid);
-    Tensor<D, T> positions = to<D>(ops::cast<T>(ops::concat(0, table_rows.slice(0, 0, 1), resized.view())));
+    // The table in float32 (the reference's pos_embed.float()), resized
+    // straight into the tower's table, then cast to T; the CLS position is
+    // used as stored. Only the stored table is held beside it while loading.
+    Tensor<Host, float> rows(Shape{1 + grid * grid, c});
+    {
+      const Tensor<Host, float> stored = vision_detail::load_checked<Host, float>(
+          checkpoint, vision_detail::kTower, prefix + "embeddings.position_embedding", Shape{1, 1 + table * table, c});
+      std::copy_n(stored.raw(), c, rows.raw());
+      bicubic_resize_positions_into(stored.raw() + c, table, grid, c, rows.raw() + c);
+    }
+    Tensor<D, T> positions = [&] {
+      if constexpr (std::same_as<D, Host> && std::same_as<T, float>) {
+        return std::move(rows);
+      } else {
+        return to<D>(ops::cast<T>(rows));
+      }
+    }();
     return Embeddings{std::move(patch_w), std::move(patch_b), std::move(cls), std::move(positions)};
   }
 
