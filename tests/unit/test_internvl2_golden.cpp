@@ -90,6 +90,21 @@ INSTANTIATE_TEST_SUITE_P(Cases, InternVL2Golden, ::testing::ValuesIn(all_cases()
                            return name;
                          });
 
+// InternVL2-4B's generate keeps decoding on the cache past Phi-3's
+// original_max_position_embeddings (256 in the fixture): a generation from
+// the 166-token text prompt runs through it instead of being refused, with
+// the reference's tokens before the limit. (No oracle covers the tokens
+// after it.)
+TEST(InternVL2LongRope, GenerationCrossesTheOriginalMaximumOnTheCache) {
+  const Model& m = model("phi3_300m");
+  const iv::Prompt p = prompt_of("phi3_300m.text");
+  ASSERT_LT(p.ids.size(), 256u);
+  const auto generated = generate::generate(m, p, greedy(static_cast<std::int64_t>(300 - p.ids.size())));
+  ASSERT_EQ(generated.size(), 300 - p.ids.size());
+  const Ids expected = reference().ints("phi3_300m.text.greedy");
+  EXPECT_EQ(Ids(generated.begin(), generated.begin() + static_cast<std::ptrdiff_t>(expected.size())), expected);
+}
+
 // The tower on its own: llama_6b's InternViT-6B-style layers up to
 // select_layer -4 (the first layer's output) over one tile, with the 16x16
 // position table of its 224-pixel config interpolated to the 448 tile's
