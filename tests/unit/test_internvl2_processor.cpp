@@ -221,7 +221,7 @@ TEST(InternVL2Processor, BatchConcatenatesTilesAndCountsThem) {
                          batch.pixels.span().begin() + images[0].pixels.numel()));
   images.push_back(iv::process_image(pattern_image(30, 30), config_with(56, 1, 6), "c.png"));
   expect_error<ValueError>([&] { (void)iv::batch_images(images); }, {"c.png", "a", "image_size"});
-  expect_error<ValueError>([] { (void)iv::batch_images({}); }, {"no images"});
+  expect_error<ValueError>([] { (void)iv::batch_images(std::span<const iv::ProcessedImage>{}); }, {"no images"});
 }
 
 // ---- video frame indices ------------------------------------------------------------
