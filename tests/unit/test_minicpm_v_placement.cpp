@@ -106,71 +106,15 @@ INSTANTIATE_TEST_SUITE_P(Cases, MiniCPM_VPlacement, ::testing::Values("one_image
 // ---- the planner against the ledger -------------------------------------------
 
 
-// Case `c` processed, planned for P (its slices as the vision units),
-// loaded with the plan's layout, and generated from with a few new tokens;
-// each device's figures above what was live before (the ledgers are
-// process-wide), the processor's slices included.
+// Case `c` under P against its plan (ledger_util.hpp), its slices as the
+// vision units.
 template <DevicePlacement P>
 void check_placed_run(const std::string& c) {
   SCOPED_TRACE(c + " " + policy_name<P>());
-  constexpr std::int64_t new_tokens = 3;
-  std::map<std::string, std::uint64_t> before, after_prompt, after_load, after_cache;
-  for_each_device<P>([&]<class D>() {
-    before[device_key<D>()] = ledger<D>().live();
-    ledger<D>().reset_peak();
-  });
-  const auto snapshot = [&](std::map<std::string, std::uint64_t>& into) {
-    for_each_device<P>([&]<class D>() { into[device_key<D>()] = ledger<D>().live(); });
-  };
-  std::optional<placement::Plan> plan;
-  {
-    // The processor's slices count: the plan charges them to cpu0.
-    const mv::Prompt prompt = prompt_of(c);
-    snapshot(after_prompt);
-    const auto tokens = static_cast<std::int64_t>(prompt.ids.size());
-    placement::PlanRequest req;
-    req.stages = stages_of_policy<P>();
-    req.element_size = sizeof(float);
-    req.max_context = tokens + new_tokens;
-    req.max_prompt = tokens;
-    req.max_vision_units = mv::slice_count(prompt.images);
-    plan = placement::plan_minicpm_v(model_dir(), req);
-
-    const Model<P> model = Model<P>::load(model_dir(), plan->layout);
-    snapshot(after_load);
-    {
-      const auto cache = model.new_cache(req.max_context);
-      snapshot(after_cache);
-    }
-    generate::SamplingOptions options;
-    options.max_new_tokens = new_tokens;
-    options.do_sample = false;
-    options.repetition_penalty = 1.0;
-    options.eos_token_ids.clear();
-    const auto generated = generate::generate(model, prompt, options);
-    ASSERT_EQ(static_cast<std::int64_t>(generated.size()), new_tokens);
-  }
-  std::map<std::string, Measured> measured;
-  for_each_device<P>([&]<class D>() {
-    const std::string key = device_key<D>();
-    Measured& m = measured[key];
-    m.peak = ledger<D>().peak() - before[key];
-    m.weights = after_load[key] - after_prompt[key];
-    m.kv = after_cache[key] - after_load[key];
-  });
-
-  std::string busiest;
-  for (const auto& d : plan->devices) {
-    const Measured& m = measured.at(d.device);
-    SCOPED_TRACE(d.device);
-    EXPECT_EQ(m.weights, d.weights) << plan->table();
-    EXPECT_EQ(m.kv, d.kv);
-    EXPECT_LE(m.peak, d.peak()) << plan->table();
-    if (busiest.empty() || m.peak > measured.at(busiest).peak) busiest = d.device;
-  }
-  const auto& top = plan->device(busiest);
-  EXPECT_LE(static_cast<double>(top.peak()), 1.25 * static_cast<double>(measured.at(busiest).peak))
-      << busiest << ": measured " << measured.at(busiest).peak << "\n" << plan->table();
+  check_plan_against_ledger<P>(
+      [&] { return prompt_of(c); }, [](const mv::Prompt& p) { return mv::slice_count(p.images); },
+      [](const placement::PlanRequest& r) { return placement::plan_minicpm_v(model_dir(), r); },
+      [](const placement::Layout& layout) { return Model<P>::load(model_dir(), layout); });
 }
 
 TEST(MiniCPM_VPlanner, DescriptionClassifiesEveryTensor) {
