@@ -331,6 +331,16 @@ class Decoder {
   // positions are `positions`: [S] for plain RoPE, [3, S] for M-RoPE (the
   // config's mrope_section). With an edit that does nothing and positions
   // cache.length() + i, this is forward().
+  // The same at the positions that follow the cache, cache.length() + i
+  // (plain RoPE).
+  template <class Edit>
+  Tensor<device_type, T> forward_edited(std::span<const std::int64_t> ids, Cache& cache, Edit&& edit) const {
+    const auto n = static_cast<std::int64_t>(ids.size());
+    Tensor<Host, std::int64_t> positions(Shape{n});
+    for (std::int64_t i = 0; i < n; ++i) positions.span()[static_cast<std::size_t>(i)] = cache.length() + i;
+    return forward_edited(ids, positions, cache, std::forward<Edit>(edit));
+  }
+
   template <class Edit>
   Tensor<device_type, T> forward_edited(std::span<const std::int64_t> ids, const Tensor<Host, std::int64_t>& positions,
                                         Cache& cache, Edit&& edit) const {

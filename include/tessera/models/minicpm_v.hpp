@@ -303,29 +303,18 @@ class MiniCPM_V {
     std::optional<Features> all;
     if (!images.empty()) all.emplace(features(images));
     std::vector<Tensor<device_type, T>> logits;
-    std::int64_t first_row = 0;  // the first feature row of prompt p
+    FeatureCursor<Features> cursor(all, prompts.size());
     for (std::size_t p = 0; p < prompts.size(); ++p) {
       const Prompt& prompt = *prompts[p];
-      const std::int64_t rows = static_cast<std::int64_t>(prompt.bounds.size()) * config_.query_num();
-      const auto n = static_cast<std::int64_t>(prompt.ids.size());
-      Tensor<Host, std::int64_t> positions(Shape{n});
-      for (std::int64_t i = 0; i < n; ++i) positions.span()[static_cast<std::size_t>(i)] = caches[p]->length() + i;
-      const std::vector<std::int64_t> marks = minicpm_v::span_marks(n, prompt.bounds);
-      // This prompt's rows of the features, still on the encoder's device
-      // (all of them for a single prompt, without a copy).
-      std::optional<Features> part;
-      if (rows > 0 && prompts.size() > 1) {
-        part.emplace(std::visit([&](const auto& f) -> Features { return ops::slice(f, 0, first_row, first_row + rows); },
-                                *all));
-      }
-      const Features* mine = rows == 0 ? nullptr : part ? &*part : &*all;
-      // On each device of the embedding stage: the rows, moved there with
-      // to<>, over the prompt's spans.
+      const Features* mine = cursor.next(static_cast<std::int64_t>(prompt.bounds.size()) * config_.query_num());
+      const std::vector<std::int64_t> marks =
+          minicpm_v::span_marks(static_cast<std::int64_t>(prompt.ids.size()), prompt.bounds);
+      // On each device of the embedding stage: the prompt's rows, moved
+      // there with to<>, over its spans.
       const auto edit = [&](auto& embeddings) {
         if (mine != nullptr) scatter_rows(embeddings, marks, 1, *mine);
       };
-      logits.push_back(text_.forward_edited(prompt.ids, positions, *caches[p], edit));
-      first_row += rows;
+      logits.push_back(text_.forward_edited(prompt.ids, *caches[p], edit));
     }
     return logits;
   }

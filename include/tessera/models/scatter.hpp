@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <type_traits>
 #include <variant>
@@ -60,5 +61,32 @@ void scatter_rows(Tensor<D, T>& embeddings, std::span<const std::int64_t> ids, s
     }
   }, features);
 }
+
+// A batch's features (one vision pass over every prompt's images, a
+// placement::AnyPolicyTensor) handed out prompt by prompt, in order, still
+// on the vision part's device. A batch of one prompt takes them all
+// without a copy.
+template <class Features>
+class FeatureCursor {
+ public:
+  FeatureCursor(const std::optional<Features>& all, std::size_t prompts) : all_(all), whole_(prompts == 1) {}
+
+  // The next prompt's `rows` rows; null when it has none. Valid until the
+  // next call.
+  const Features* next(std::int64_t rows) {
+    if (rows == 0) return nullptr;
+    const std::int64_t first = first_;
+    first_ += rows;
+    if (whole_) return &*all_;
+    part_.emplace(std::visit([&](const auto& f) -> Features { return ops::slice(f, 0, first, first + rows); }, *all_));
+    return &*part_;
+  }
+
+ private:
+  const std::optional<Features>& all_;
+  bool whole_;
+  std::int64_t first_ = 0;  // the first row of the next prompt
+  std::optional<Features> part_;
+};
 
 }  // namespace tessera::models
