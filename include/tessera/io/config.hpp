@@ -139,6 +139,11 @@ class JsonFields {
     return has(key) ? integer_value(key) : fallback;
   }
   // An integer that must be > 0 (sizes, counts).
+  // An integer the file must give; `why` says what needs it.
+  std::int64_t required_integer(std::string_view key, std::string_view why) const {
+    if (!has_value(key)) throw error(key, concat("is missing (", why, ")"));
+    return integer_value(key);
+  }
   std::int64_t positive(std::string_view key, std::int64_t fallback) const {
     const std::int64_t v = integer(key, fallback);
     if (v <= 0) throw error(key, concat("must be a positive integer, but it is ", v));

@@ -398,10 +398,7 @@ inline std::vector<std::int64_t> shuffle_source_rows(std::int64_t tiles, std::in
 
 inline VisionConfig VisionConfig::from_json(const nlohmann::json& vision_config, const std::string& file) {
   const io::detail::JsonFields f(vision_config, file, "vision_config.");
-  const auto required = [&](std::string_view key) {
-    if (!f.has_value(key)) throw f.error(key, "is missing (the vision tower needs it)");
-    return f.integer(key, 0);
-  };
+  const auto required = [&](std::string_view key) { return f.required_integer(key, "the vision tower needs it"); };
   VisionConfig c;
   c.hidden_size = required("hidden_size");
   c.num_attention_heads = required("num_attention_heads");
@@ -435,8 +432,7 @@ inline ProjectorConfig ProjectorConfig::from_json(const nlohmann::json& root, co
   p.image_size = f.optional_integer("force_image_size").value_or(vision.image_size);
   if (!f.has_value("llm_config")) throw f.error("llm_config", "is missing (the projector's width is its hidden_size)");
   const io::detail::JsonFields llm(f.raw("llm_config"), file, "llm_config.");
-  if (!llm.has_value("hidden_size")) throw llm.error("hidden_size", "is missing (the projector's output width)");
-  p.llm_hidden = llm.integer("hidden_size", 0);
+  p.llm_hidden = llm.required_integer("hidden_size", "the projector's output width");
   vision_detail::check_projector_config(vision, p, [&](std::string_view key, const std::string& message) {
     throw FormatError(tessera::detail::concat("'", file, "': \"", key, "\" ", message));
   });

@@ -412,10 +412,7 @@ inline Tensor<Host, float> patch_rows(TensorView<Host, const float> chw, std::in
 
 inline VisionConfig VisionConfig::from_json(const nlohmann::json& vision_config, const std::string& file) {
   const io::detail::JsonFields f(vision_config, file, "vision_config.");
-  const auto required = [&](std::string_view key) {
-    if (!f.has_value(key)) throw f.error(key, "is missing (the vision tower needs it)");
-    return f.integer(key, 0);
-  };
+  const auto required = [&](std::string_view key) { return f.required_integer(key, "the vision tower needs it"); };
   VisionConfig c;
   c.hidden_size = required("hidden_size");
   c.intermediate_size = required("intermediate_size");

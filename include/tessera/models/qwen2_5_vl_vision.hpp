@@ -207,9 +207,8 @@ using VisionFields = io::detail::JsonFields;
 
 // A required size; `alias` is transformers' attribute_map spelling.
 inline std::int64_t required(const VisionFields& f, std::string_view key, std::string_view alias) {
-  if (f.has_value(key)) return f.integer(key, 0);
-  if (f.has_value(alias)) return f.integer(alias, 0);
-  throw f.error(key, "is missing (the vision tower needs it)");
+  if (!f.has_value(key) && f.has_value(alias)) return f.integer(alias, 0);
+  return f.required_integer(key, "the vision tower needs it");
 }
 
 // rope_parameters (v5: {"rope_type": "axial", "rope_theta": 10000.0}) or a
