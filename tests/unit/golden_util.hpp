@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace tessera::testing {
 
@@ -39,6 +41,21 @@ inline void expect_golden_close(const Tensor<Host, float>& actual, const Tensor<
 // Placements that run the same kernels on the same rows must agree bit for bit.
 inline bool same_bits(const Tensor<Host, float>& a, const Tensor<Host, float>& b) {
   return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), static_cast<std::size_t>(a.bytes())) == 0;
+}
+
+// A multimodal model's logits for `prompt` and then for `steps` decode
+// steps fed `continuation` (the reference's greedy tokens), on the host.
+template <class Model, class Prompt>
+std::vector<Tensor<Host, float>> prompt_and_decode_logits(const Model& m, const Prompt& prompt,
+                                                          std::span<const std::int64_t> continuation,
+                                                          std::size_t steps) {
+  std::vector<Tensor<Host, float>> out;
+  auto cache = m.new_cache(static_cast<std::int64_t>(prompt.ids.size() + steps + 1));
+  out.push_back(to<Host>(m.forward(prompt, cache)));
+  for (std::size_t s = 0; s < steps; ++s) {
+    out.push_back(to<Host>(m.forward(continuation.subspan(s, 1), cache)));
+  }
+  return out;
 }
 
 }  // namespace tessera::testing

@@ -46,14 +46,7 @@ constexpr std::size_t kSteps = 32;
 // reference's greedy tokens.
 template <class M>
 std::vector<Tensor<Host, float>> run(const M& m, const iv::Prompt& p, const Ids& continuation) {
-  std::vector<Tensor<Host, float>> out;
-  auto cache = m.new_cache(static_cast<std::int64_t>(p.ids.size() + kSteps + 1));
-  out.push_back(to<Host>(m.forward(p, cache)));
-  for (std::size_t s = 0; s < kSteps; ++s) {
-    const std::int64_t id = continuation[s];
-    out.push_back(to<Host>(m.forward(std::span<const std::int64_t>(&id, 1), cache)));
-  }
-  return out;
+  return prompt_and_decode_logits(m, p, continuation, kSteps);
 }
 
 const std::vector<Tensor<Host, float>>& single_run(const std::string& id) {
