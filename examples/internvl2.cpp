@@ -141,8 +141,7 @@ void add_ids(const CommonOptions& c, const Options& o, const tokenizer::AnyToken
     }
     if (!c.raw && !c.ids && !c.input_ids) in.eos_token_ids = stop_ids(*tok, config);
   }
-  std::int64_t tiles = 0;
-  for (const auto& image : in.prompt.images) tiles += image.tiles();
+  const std::int64_t tiles = iv::tile_count(in.prompt.images);
   in.lines.push_back(detail::concat("prompt    ", prompt_source(c, generate::template_name(config.chat_template)),
                                     ": ", in.prompt.ids.size(), " tokens, ", tiles * config.tokens_per_tile(),
                                     " of them <IMG_CONTEXT> (", tiles, " tiles of ", config.tokens_per_tile(), ")"));
@@ -226,9 +225,7 @@ void InternVL2Example::plan_sizes(const CommonOptions&, const Options& o, const 
     r.max_vision_units = iv::max_tiles_per_image(processor_config(o, config));
     return;
   }
-  std::int64_t tiles = 0;
-  for (const auto& image : prompt->images) tiles += image.tiles();
-  r.max_vision_units = tiles;
+  r.max_vision_units = iv::tile_count(prompt->images);
 }
 
 }  // namespace tessera::cli

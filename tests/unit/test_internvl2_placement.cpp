@@ -120,11 +120,7 @@ void check_placed_run(const std::string& id) {
   const fs::path dir = model_dir(split_case(id).first);
   check_plan_against_ledger<P>(
       [&] { return prompt_of(id); },
-      [](const iv::Prompt& p) {
-        std::int64_t tiles = 0;
-        for (const auto& image : p.images) tiles += image.tiles();
-        return tiles;
-      },
+      [](const iv::Prompt& p) { return iv::tile_count(p.images); },
       [&](const placement::PlanRequest& r) { return placement::plan_internvl2(dir, r); },
       [&](const placement::Layout& layout) { return Model<P>::load(dir, layout); });
 }

@@ -129,9 +129,11 @@ struct Prompt {
 // What generate::generate() feeds the repetition penalty with.
 inline std::span<const std::int64_t> prompt_ids(const Prompt& prompt) { return prompt.ids; }
 
-inline std::int64_t tile_count(std::span<const ProcessedImage* const> images) {
+// The tiles of all `images`: what their <IMG_CONTEXT> runs hold
+// tokens_per_tile positions each of, and the planner's vision units.
+inline std::int64_t tile_count(std::span<const ProcessedImage> images) {
   std::int64_t n = 0;
-  for (const ProcessedImage* image : images) n += image->tiles();
+  for (const ProcessedImage& image : images) n += image.tiles();
   return n;
 }
 
@@ -139,8 +141,7 @@ inline std::int64_t tile_count(std::span<const ProcessedImage* const> images) {
 // features exactly: tokens_per_tile per tile, over all images.
 inline void check_prompt(const Prompt& prompt, std::int64_t tokens_per_tile) {
   using tessera::detail::concat;
-  std::int64_t tiles = 0;
-  for (const auto& image : prompt.images) tiles += image.tiles();
+  const std::int64_t tiles = tile_count(prompt.images);
   if (tiles > 0 && prompt.image_context_id < 0) {
     throw ValueError(concat("InternVL2: the prompt has ", prompt.images.size(), " image(s) but no <IMG_CONTEXT> id; ",
                             "set Prompt::image_context_id from the tokenizer"));
@@ -260,9 +261,7 @@ class InternVL2 {
     FeatureCursor<Features> cursor(all, prompts.size());
     for (std::size_t p = 0; p < prompts.size(); ++p) {
       const Prompt& prompt = *prompts[p];
-      std::int64_t tiles = 0;
-      for (const auto& image : prompt.images) tiles += image.tiles();
-      const Features* mine = cursor.next(tiles * per_tile);
+      const Features* mine = cursor.next(internvl2::tile_count(prompt.images) * per_tile);
       // On each device of the embedding stage: the prompt's rows, moved
       // there with to<>, over its <IMG_CONTEXT> positions.
       const auto edit = [&](auto& embeddings) {
