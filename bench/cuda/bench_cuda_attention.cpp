@@ -24,7 +24,8 @@ void BM_CudaAttentionPrefill(benchmark::State& state) {
   const auto k = random_gpu_tensor<bf16>({s, hkv, dh});
   const auto v = random_gpu_tensor<bf16>({s, hkv, dh});
   const ops::AttentionOptions opt{.mask = causal ? ops::MaskKind::Causal : ops::MaskKind::Full};
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::attention(q, k, v, opt).raw()); });
+  const double seconds =
+      time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::attention(q, k, v, opt).device_ptr().get()); });
   const double flops = 4.0 * static_cast<double>(s) * static_cast<double>(s) * static_cast<double>(dh * hq);
   set_rate(state, "TFLOP/s", (causal ? flops / 2.0 : flops) / 1e12, seconds);
 }
@@ -44,7 +45,8 @@ void BM_CudaAttentionDecode(benchmark::State& state) {
   const auto k = random_gpu_tensor<bf16>({skv, hkv, dh});
   const auto v = random_gpu_tensor<bf16>({skv, hkv, dh});
   const ops::AttentionOptions opt{.mask = ops::MaskKind::Causal};
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::attention(q, k, v, opt).raw()); });
+  const double seconds =
+      time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::attention(q, k, v, opt).device_ptr().get()); });
   const double kv_bytes = 2.0 * static_cast<double>(skv * hkv * dh) * sizeof(bf16);
   set_rate(state, "GB/s", kv_bytes / 1e9, seconds);
 }

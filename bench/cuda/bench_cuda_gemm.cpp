@@ -65,7 +65,7 @@ void BM_CudaMatmul(benchmark::State& state) {
   const std::int64_t s = state.range(0);
   const auto a = random_gpu_tensor<T>({s, s});
   const auto b = random_gpu_tensor<T>({s, s});
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::matmul(a, b).raw()); });
+  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::matmul(a, b).device_ptr().get()); });
   set_rate(state, "TFLOP/s", gemm_tflop(s, s, s), seconds);
 }
 
@@ -77,8 +77,9 @@ void BM_CublasGemmExReference(benchmark::State& state) {
   const auto b = random_gpu_tensor<T>({s, s});
   Tensor<Gpu, T> c({s, s});
   const BlasHandle handle;
-  const double seconds =
-      time_on_gpu(state, [&] { cublas_gemm<T>(handle.get(), a.raw(), b.raw(), c.raw(), s, s, s, false); });
+  const double seconds = time_on_gpu(state, [&] {
+    cublas_gemm<T>(handle.get(), a.device_ptr().get(), b.device_ptr().get(), c.device_ptr().get(), s, s, s, false);
+  });
   set_rate(state, "TFLOP/s", gemm_tflop(s, s, s), seconds);
 }
 
@@ -107,7 +108,7 @@ void BM_CudaLinearBF16(benchmark::State& state) {
   const std::int64_t tokens = state.range(0);
   const auto x = random_gpu_tensor<bf16>({tokens, kHidden});
   const auto w = random_gpu_tensor<bf16>({kIntermediate, kHidden});
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::linear(x, w).raw()); });
+  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::linear(x, w).device_ptr().get()); });
   set_rate(state, "TFLOP/s", gemm_tflop(tokens, kIntermediate, kHidden), seconds);
 }
 
@@ -118,8 +119,10 @@ void BM_CublasLinearReferenceBF16(benchmark::State& state) {
   const auto w = random_gpu_tensor<bf16>({kIntermediate, kHidden});
   Tensor<Gpu, bf16> y({tokens, kIntermediate});
   const BlasHandle handle;
-  const double seconds = time_on_gpu(
-      state, [&] { cublas_gemm<bf16>(handle.get(), x.raw(), w.raw(), y.raw(), tokens, kIntermediate, kHidden, true); });
+  const double seconds = time_on_gpu(state, [&] {
+    cublas_gemm<bf16>(handle.get(), x.device_ptr().get(), w.device_ptr().get(), y.device_ptr().get(), tokens,
+                      kIntermediate, kHidden, true);
+  });
   set_rate(state, "TFLOP/s", gemm_tflop(tokens, kIntermediate, kHidden), seconds);
 }
 

@@ -85,7 +85,9 @@ void BM_D2DCopy(benchmark::State& state) {
   const std::size_t bytes = src.bytes();
   const cudaStream_t stream = cuda::launch_context<Gpu>().stream;
   const double seconds = bench::time_on_gpu(state, [&] {
-    cuda::check(cudaMemcpyAsync(dst.raw(), src.raw(), bytes, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync");
+    cuda::check(
+        cudaMemcpyAsync(dst.device_ptr().get(), src.device_ptr().get(), bytes, cudaMemcpyDeviceToDevice, stream),
+        "cudaMemcpyAsync");
   });
   bench::set_rate(state, "GB/s", 2.0 * static_cast<double>(bytes) / 1e9, seconds);
 }

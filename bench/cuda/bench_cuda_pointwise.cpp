@@ -26,7 +26,7 @@ void BM_CudaSwigluFused(benchmark::State& state) {
   if (!gpu_present(state)) return;
   const std::int64_t rows = state.range(0), inter = state.range(1);
   const auto gate_up = random_gpu_tensor<T>({rows, 2 * inter}, -6.0f, 6.0f);
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::swiglu(gate_up).raw()); });
+  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::swiglu(gate_up).device_ptr().get()); });
   set_rate(state, "GB/s", bytes_of<T>(3 * rows * inter) / 1e9, seconds);
 }
 BENCHMARK(BM_CudaSwigluFused<bf16>)
@@ -45,7 +45,8 @@ void BM_CudaSwiglu(benchmark::State& state) {
   const std::int64_t rows = state.range(0), inter = state.range(1);
   const auto gate = random_gpu_tensor<T>({rows, inter}, -6.0f, 6.0f);
   const auto up = random_gpu_tensor<T>({rows, inter});
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::swiglu(gate, up).raw()); });
+  const double seconds =
+      time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::swiglu(gate, up).device_ptr().get()); });
   set_rate(state, "GB/s", bytes_of<T>(3 * rows * inter) / 1e9, seconds);
 }
 BENCHMARK(BM_CudaSwiglu<bf16>)->ArgsProduct({{1024}, {kIntermediate}})->Unit(benchmark::kMicrosecond)->UseManualTime();
@@ -57,7 +58,7 @@ void BM_CudaAdd(benchmark::State& state) {
   const std::int64_t rows = state.range(0), hidden = state.range(1);
   const auto a = random_gpu_tensor<T>({rows, hidden});
   const auto b = random_gpu_tensor<T>({rows, hidden});
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::add(a, b).raw()); });
+  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::add(a, b).device_ptr().get()); });
   set_rate(state, "GB/s", bytes_of<T>(3 * rows * hidden) / 1e9, seconds);
 }
 BENCHMARK(BM_CudaAdd<bf16>)
@@ -74,7 +75,7 @@ void BM_CudaAddBroadcast(benchmark::State& state) {
   const std::int64_t rows = state.range(0), hidden = state.range(1);
   const auto x = random_gpu_tensor<T>({rows, hidden});
   const auto bias = random_gpu_tensor<T>({hidden});
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::add(x, bias).raw()); });
+  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::add(x, bias).device_ptr().get()); });
   set_rate(state, "GB/s", bytes_of<T>(2 * rows * hidden) / 1e9, seconds);
 }
 BENCHMARK(BM_CudaAddBroadcast<bf16>)
@@ -102,7 +103,7 @@ void BM_CudaCastFloatToBf16(benchmark::State& state) {
   if (!gpu_present(state)) return;
   const std::int64_t rows = state.range(0), hidden = state.range(1);
   const auto x = random_gpu_tensor<float>({rows, hidden});
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::cast<bf16>(x).raw()); });
+  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::cast<bf16>(x).device_ptr().get()); });
   set_rate(state, "GB/s", (bytes_of<float>(rows * hidden) + bytes_of<bf16>(rows * hidden)) / 1e9, seconds);
 }
 BENCHMARK(BM_CudaCastFloatToBf16)->ArgsProduct({{8192}, {kHidden}})->Unit(benchmark::kMicrosecond)->UseManualTime();
@@ -117,7 +118,8 @@ void BM_CudaEmbedding(benchmark::State& state) {
   Tensor<Host, std::int32_t> host_ids({tokens});
   for (std::int64_t i = 0; i < tokens; ++i) host_ids.raw()[i] = static_cast<std::int32_t>((i * 7919) % vocab);
   const auto ids = to<Gpu>(host_ids);
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::embedding(table, ids).raw()); });
+  const double seconds =
+      time_on_gpu(state, [&] { benchmark::DoNotOptimize(ops::embedding(table, ids).device_ptr().get()); });
   set_rate(state, "GB/s", bytes_of<bf16>(2 * tokens * hidden) / 1e9, seconds);
 }
 BENCHMARK(BM_CudaEmbedding)->ArgsProduct({{1, 8192}, {kHidden}})->Unit(benchmark::kMicrosecond)->UseManualTime();

@@ -19,7 +19,7 @@ void BM_CudaHostToDevice(benchmark::State& state) {
   for (auto _ : state) {
     auto d = to<Gpu>(host);
     cuda::synchronize<Gpu>();
-    benchmark::DoNotOptimize(d.raw());
+    benchmark::DoNotOptimize(d.device_ptr().get());
   }
   state.SetBytesProcessed(state.iterations() * bytes);
 }
@@ -41,7 +41,7 @@ void BM_CudaSameDeviceCopy(benchmark::State& state) {
   if (!gpu_present(state)) return;
   const std::int64_t bytes = state.range(0) * kMiB;
   const auto src = random_gpu_tensor<float>({bytes / 4});
-  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(contiguous(src).raw()); });
+  const double seconds = time_on_gpu(state, [&] { benchmark::DoNotOptimize(contiguous(src).device_ptr().get()); });
   set_rate(state, "GB/s", 2.0 * static_cast<double>(bytes) / 1e9, seconds);
 }
 BENCHMARK(BM_CudaSameDeviceCopy)->Arg(64)->Arg(512)->Unit(benchmark::kMicrosecond)->UseManualTime();

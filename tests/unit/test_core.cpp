@@ -15,17 +15,14 @@ namespace {
 static_assert(std::is_same_v<Host, Cpu<0>>);
 static_assert(Device<Cpu<3>> && Device<Cuda<1>> && !Device<int>);
 static_assert(std::is_same_v<Tensor<Cuda<0>>::element_type, bf16>, "the element type defaults to bf16");
-static_assert(!std::is_convertible_v<Tensor<Cpu<0>, float>, Tensor<Cpu<1>, float>>);
-static_assert(!std::is_constructible_v<Tensor<Cpu<0>, float>, Tensor<Cpu<1>, float>&&>);
-static_assert(!std::is_constructible_v<Tensor<Cuda<0>, float>, const Tensor<Cuda<1>, float>&>);
-static_assert(!std::is_assignable_v<Tensor<Cuda<0>, float>&, Tensor<Host, float>&&>);
-static_assert(!std::is_convertible_v<TensorView<Cpu<0>, float>, TensorView<Cpu<1>, float>>);
-static_assert(!std::is_convertible_v<Tensor<Cpu<0>, float>&, TensorView<Cpu<1>, const float>>);
+// Conversions to another device (and views over plain pointers) are declared,
+// their bodies holding the static_assert that names the devices, so type
+// traits cannot see the refusal: tests/compile_fail checks it.
 static_assert(std::is_convertible_v<Tensor<Cpu<0>, float>&, TensorView<Cpu<0>, const float>>);
 static_assert(!std::is_copy_constructible_v<Tensor<Host, float>>, "copies are explicit: clone with to<D>()");
 
 template <class X>
-concept HasHostAccess = requires(X x) { x.data(); x.at(0); };
+concept HasHostAccess = requires(X x) { x.raw(); x.data(); x.at(0); };
 static_assert(HasHostAccess<Tensor<Cpu<2>, float>>);
 static_assert(HasHostAccess<TensorView<Cpu<0>, const float>>);
 static_assert(!HasHostAccess<Tensor<Cuda<0>, float>>, "device tensors have no host element access");

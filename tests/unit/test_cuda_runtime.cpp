@@ -100,7 +100,7 @@ TYPED_TEST(CudaTransfer, SameDeviceCopyIsIndependent) {
   const auto h = pattern<T>({33, 5});
   auto a = to<Cuda<0>>(h);
   const auto b = contiguous(a);
-  EXPECT_NE(a.raw(), b.raw());
+  EXPECT_NE(a.device_ptr().get(), b.device_ptr().get());
   a = to<Cuda<0>>(pattern<T>({2}));  // frees the original; b must be unaffected
   EXPECT_TRUE(same_bits(h, to<Host>(b)));
 }

@@ -186,7 +186,7 @@ void split_returns_views_and_round_trips() {
     std::int64_t start = 0;
     for (std::size_t i = 0; i < parts.size(); ++i) {
       // A view into x (no copy) ...
-      EXPECT_EQ(parts[i].raw(), x.raw() + start * x.strides()[static_cast<std::size_t>(a)]);
+      EXPECT_EQ(parts[i].device_ptr().get(), x.device_ptr().get() + start * x.strides()[static_cast<std::size_t>(a)]);
       EXPECT_EQ(parts[i].shape()[a], c.sizes[i]);
       // ... holding the right elements.
       EXPECT_TRUE(exactly(parts[i], ref_slice(dx, a, start, start + c.sizes[i]))) << "part " << i;

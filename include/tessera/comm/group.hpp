@@ -115,7 +115,7 @@ class Group {
       std::array<void*, size> buffers{};
       std::size_t count = 0;
       [&]<std::size_t... I>(std::index_sequence<I...>) {
-        ((std::get<I>(partial.parts_) ? (buffers[I] = std::get<I>(partial.parts_)->raw(),
+        ((std::get<I>(partial.parts_) ? (buffers[I] = std::get<I>(partial.parts_)->device_ptr().get(),
                                          count = static_cast<std::size_t>(std::get<I>(partial.parts_)->numel()), 0)
                                       : 0),
          ...);

@@ -166,7 +166,8 @@ Tensor<D, T> pack_on_device(const TensorView<D, const T>& view) {
   Tensor<D, T> out(view.shape());
   DeviceContext& ctx = context<D>();
   const DeviceGuard guard(ctx.physical);
-  copy_strided(ctx.launch, out.raw(), out.strides(), view.raw(), view.strides(), view.shape());
+  copy_strided(ctx.launch, out.device_ptr().get(), out.strides(), view.device_ptr().get(), view.strides(),
+               view.shape());
   return out;
 }
 
@@ -193,11 +194,11 @@ Tensor<To, T> transfer(const TensorView<From, const T>& view, CopyStream user) {
     const StreamHandle stream = user.stream ? user.stream : dst.launch.stream;
     if (user.stream) stream_wait(stream, dst.launch.stream, dst.physical);  // the allocation
     if (view.is_contiguous()) {
-      host_to_device(dst, out.raw(), view.raw(), bytes, stream);
+      host_to_device(dst, out.device_ptr().get(), view.raw(), bytes, stream);
     } else {
       Tensor<From, T> packed(view.shape());
       tessera::detail::gather_strided(packed.raw(), view.raw(), view.shape(), view.strides());
-      host_to_device(dst, out.raw(), packed.raw(), bytes, stream);
+      host_to_device(dst, out.device_ptr().get(), packed.raw(), bytes, stream);
     }
     if (user.stream) stream_wait(dst.launch.stream, stream, dst.physical);  // consumers
   } else if constexpr (is_cpu_v<To>) {
@@ -205,7 +206,7 @@ Tensor<To, T> transfer(const TensorView<From, const T>& view, CopyStream user) {
     DeviceContext& src = context<From>();
     const StreamHandle stream = user.stream ? user.stream : src.launch.stream;
     if (user.stream) stream_wait(stream, src.launch.stream, src.physical);  // the data
-    device_to_host(src, out.raw(), view.raw(), bytes, stream);
+    device_to_host(src, out.raw(), view.device_ptr().get(), bytes, stream);
   } else {
     DeviceContext& dst = context<To>();
     DeviceContext& src = context<From>();
@@ -213,7 +214,8 @@ Tensor<To, T> transfer(const TensorView<From, const T>& view, CopyStream user) {
     const int stream_physical = user.stream ? user.physical : dst.physical;
     stream_wait(stream, src.launch.stream, src.physical);  // the data is ready
     stream_wait(stream, dst.launch.stream, dst.physical);  // the destination is allocated
-    if (bytes > 0) device_to_device(dst, out.raw(), src, view.raw(), bytes, stream, stream_physical);
+    if (bytes > 0) device_to_device(dst, out.device_ptr().get(), src, view.device_ptr().get(), bytes, stream,
+                                      stream_physical);
     stream_wait(dst.launch.stream, stream, stream_physical);  // consumers on To read after the copy
     stream_wait(src.launch.stream, stream, stream_physical);  // the source outlives the read
   }

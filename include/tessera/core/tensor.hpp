@@ -4,8 +4,17 @@
 // The device D is part of the type. There is no conversion between tensors of
 // different devices (the converting constructors are deleted, so the compiler
 // names both types); the only bridge is tessera::to<D2>(t). Host element
-// access (data(), at(), and span() on Tensor) exists only on CPU devices: on a
-// Cuda<N> tensor or view it is a missing member, not a run-time abort.
+// access (data(), raw(), at(), and span() on Tensor) exists only on CPU
+// devices: on a Cuda<N> tensor or view it is a missing member, not a run-time
+// abort. Device memory is reachable only as a DevicePtr<D, T> (device_ptr()),
+// whose address a kernel launcher takes with .get(), and a view over memory
+// the caller owns is made by a factory that names its device
+// (TensorView<D, T>::over_device_memory, ::over_host_memory).
+//
+// Every conversion to another device is declared, not deleted: it fails with
+// tessera's sentence (a static_assert naming both devices) in every context,
+// including std::optional, containers, braced lists and function arguments,
+// where a deleted function would only produce overload candidates.
 #pragma once
 
 #include <algorithm>
@@ -33,10 +42,74 @@ template <Device D, class T>
 class TensorView;
 
 namespace detail {
+template <class A>
+inline constexpr bool dependent_false_v = false;
+
+// The sentence of every implicit device change (tensor, view, pointer). The
+// condition names both devices: "same_device<tessera::Cuda<1>, tessera::Cuda<0>>".
+// Where the destination is host memory and the value sits on a GPU (ids,
+// positions, grids and other host-side inputs), the fix is the other way
+// round, and the sentence says so.
+template <class To, class From>
+constexpr void refuse_device_change() {
+  if constexpr (is_cpu_v<To> && is_cuda_v<From>) {
+    static_assert(same_device<To, From>,
+                  "tessera: a tensor never changes device implicitly, and this one is wanted in host memory: "
+                  "keep it on the host (do not move it to the GPU), or copy it back with tessera::to<Host>(t) "
+                  "(or to the Cpu<N> slot named)");
+  } else {
+    static_assert(same_device<To, From>,
+                  "tessera: a tensor never changes device implicitly; move it with tessera::to<Device>(t) "
+                  "(or keep it where it is and compute there)");
+  }
+}
+}  // namespace detail
+
+// The address of T elements in D's memory. It does not convert to T*, to a
+// span or to another device's DevicePtr: a launcher or backend takes the
+// address with get(), by name. Kernels are never templated on D; only this
+// host-side wrapper carries it.
+template <Device D, class T>
+class DevicePtr {
+ public:
+  using device_type = D;
+  using element_type = T;
+
+  DevicePtr() = default;
+
+  // The one way in from a plain pointer: the caller states that `address`
+  // is memory of D (an allocator, a communicator's buffer, a test).
+  static DevicePtr assume_on_device(T* address) noexcept { return DevicePtr(address); }
+
+  // A mutable pointer converts to a read-only one of the same device.
+  template <class U>
+    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
+  DevicePtr(const DevicePtr<D, U>& other) noexcept : ptr_(other.get()) {}  // NOLINT: implicit by design
+
+  template <Device D2, class U>
+    requires(!same_device<D, D2>)
+  DevicePtr(const DevicePtr<D2, U>&) {  // NOLINT: implicit, so that the sentence shows
+    detail::refuse_device_change<D, D2>();
+  }
+
+  // The address in D's memory space, for kernels, launchers and backends.
+  // Dereferenceable on the host only when D is a CPU slot.
+  T* get() const noexcept { return ptr_; }
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  DevicePtr operator+(std::int64_t elements) const noexcept { return DevicePtr(ptr_ + elements); }
+  friend bool operator==(DevicePtr a, DevicePtr b) noexcept { return a.ptr_ == b.ptr_; }
+
+ private:
+  explicit DevicePtr(T* p) noexcept : ptr_(p) {}
+  T* ptr_ = nullptr;
+};
+
+namespace detail {
 
 // Host element access, mixed into CPU tensors and views only: for any other
 // device the (empty) primary template is used, so data(), at() and span() are
-// missing members there. Derived provides raw(), shape(), strides(), numel().
+// missing members there. Derived provides device_ptr(), shape(), strides(),
+// numel(); on a CPU slot the device pointer is a host address.
 //
 // span() (every element, in row-major order) needs contiguous storage, so it
 // is mixed in only where that holds by type (Contiguous = true: Tensor). A
@@ -58,8 +131,11 @@ class HostElementAccess<Derived, D, T, true, std::enable_if_t<is_cpu_v<D>>>
 template <class Derived, class D, class T>
 class HostElementAccess<Derived, D, T, false, std::enable_if_t<is_cpu_v<D>>> {
  public:
-  auto* data() noexcept { return self().raw(); }
-  auto* data() const noexcept { return cself().raw(); }
+  // The host address of the first element (CPU slots are host memory).
+  auto* raw() noexcept { return self().device_ptr().get(); }
+  auto* raw() const noexcept { return cself().device_ptr().get(); }
+  auto* data() noexcept { return raw(); }
+  auto* data() const noexcept { return raw(); }
 
   // Element at a multi-index (as many indices as the rank), bounds-checked.
   template <std::integral... I>
@@ -112,23 +188,61 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
   using value_type = std::remove_const_t<T>;
 
   TensorView() = default;
-  TensorView(T* ptr, Shape shape, Strides strides) : ptr_(ptr), shape_(shape), strides_(strides) {}
-  TensorView(T* ptr, Shape shape) : ptr_(ptr), shape_(shape), strides_(contiguous_strides(shape)) {}
+
+  // A view over memory the caller owns, on the device the type names: the
+  // pointer's device must be D (a DevicePtr of another device does not
+  // convert). Strides default to row-major.
+  static TensorView over_device_memory(DevicePtr<D, T> ptr, Shape shape, Strides strides) {
+    return {from_pointer, ptr.get(), shape, strides};
+  }
+  static TensorView over_device_memory(DevicePtr<D, T> ptr, Shape shape) {
+    return {from_pointer, ptr.get(), shape, contiguous_strides(shape)};
+  }
+  // A view over host memory (a std::vector, a mapped file) as CPU slot D.
+  static TensorView over_host_memory(T* ptr, Shape shape, Strides strides)
+    requires is_cpu_v<D>
+  {
+    return {from_pointer, ptr, shape, strides};
+  }
+  static TensorView over_host_memory(T* ptr, Shape shape)
+    requires is_cpu_v<D>
+  {
+    return {from_pointer, ptr, shape, contiguous_strides(shape)};
+  }
+
+  // A plain pointer states no device: `{t.raw(), shape}` or
+  // TensorView(p, shape) is a sentence, not a view of the wrong memory.
+  template <class P, class... Rest>
+    requires std::is_pointer_v<P>
+  TensorView(P, const Shape&, const Rest&...) {  // NOLINT: implicit, so that the sentence shows
+    static_assert(detail::dependent_false_v<P>,
+                  "tessera: a view is made from a pointer only by a factory that names its device: "
+                  "TensorView<D, T>::over_device_memory(t.device_ptr(), shape) or "
+                  "TensorView<Cpu<N>, T>::over_host_memory(host_pointer, shape)");
+  }
 
   // A mutable view converts to a read-only view of the same device.
   template <class U>
     requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
   TensorView(const TensorView<D, U>& other)  // NOLINT: implicit by design
-      : ptr_(other.raw()), shape_(other.shape()), strides_(other.strides()) {}
+      : ptr_(other.device_ptr().get()), shape_(other.shape()), strides_(other.strides()) {}
 
-  // Views of another device never convert: move data with tessera::to<D>(t).
+  // Views or tensors of another device never convert: move data with
+  // tessera::to<D>(t). Declared (not deleted) so the sentence shows wherever
+  // the conversion is attempted, std::optional and containers included.
   template <Device D2, class U>
     requires(!same_device<D, D2>)
-  TensorView(const TensorView<D2, U>&) = delete;
+  TensorView(const TensorView<D2, U>&) {  // NOLINT: implicit, so that the sentence shows
+    detail::refuse_device_change<D, D2>();
+  }
+  template <Device D2, DType U>
+    requires(!same_device<D, D2>)
+  TensorView(const Tensor<D2, U>&) {  // NOLINT: implicit, so that the sentence shows
+    detail::refuse_device_change<D, D2>();
+  }
 
-  // Address in D's memory space, for kernels and backends. Not dereferenceable
-  // on the host unless D is a CPU slot.
-  T* raw() const noexcept { return ptr_; }
+  // The first element's address in D's memory, for kernels and backends.
+  DevicePtr<D, T> device_ptr() const noexcept { return DevicePtr<D, T>::assume_on_device(ptr_); }
   const Shape& shape() const noexcept { return shape_; }
   const Strides& strides() const noexcept { return strides_; }
   std::int64_t stride(int i) const { return strides_[static_cast<std::size_t>(shape_.axis(i))]; }
@@ -137,7 +251,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
   std::int64_t numel() const noexcept { return shape_.numel(); }
   bool is_contiguous() const noexcept { return tessera::is_contiguous(shape_, strides_); }
 
-  TensorView<D, const T> as_const() const { return {ptr_, shape_, strides_}; }
+  TensorView<D, const T> as_const() const { return *this; }
 
   // Elements [start, stop) of dimension `axis` (negative axes count from the end).
   TensorView slice(int axis, std::int64_t start, std::int64_t stop) const {
@@ -148,7 +262,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
     }
     Shape s = shape_;
     s[a] = stop - start;
-    return {ptr_ + start * strides_[static_cast<std::size_t>(a)], s, strides_};
+    return {from_pointer, ptr_ + start * strides_[static_cast<std::size_t>(a)], s, strides_};
   }
 
   // Index `index` of dimension `axis`, dropping that dimension.
@@ -162,7 +276,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
       s.push_back(shape_[i]);
       st[static_cast<std::size_t>(j++)] = strides_[static_cast<std::size_t>(i)];
     }
-    return {one.ptr_, s, st};
+    return {from_pointer, one.ptr_, s, st};
   }
 
   // Swaps two dimensions (no data moves).
@@ -172,7 +286,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
     Strides st = strides_;
     std::swap(s[a], s[b]);
     std::swap(st[static_cast<std::size_t>(a)], st[static_cast<std::size_t>(b)]);
-    return {ptr_, s, st};
+    return {from_pointer, ptr_, s, st};
   }
 
   // Reorders dimensions: result dimension i is this view's dimension order[i].
@@ -193,7 +307,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
       s.push_back(shape_[a]);
       st[i] = strides_[static_cast<std::size_t>(a)];
     }
-    return {ptr_, s, st};
+    return {from_pointer, ptr_, s, st};
   }
   TensorView permute(std::initializer_list<int> order) const {
     return permute(std::span<const int>(order.begin(), order.size()));
@@ -209,7 +323,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
       throw ShapeError(detail::concat("reshape of a non-contiguous view ", shape_.to_string(),
                                       ": call tessera::contiguous first"));
     }
-    return {ptr_, infer_shape(dims, numel())};
+    return {from_pointer, ptr_, infer_shape(dims, numel())};
   }
   TensorView reshape(const Shape& shape) const { return reshape(shape.dims()); }
 
@@ -229,7 +343,7 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
         ++j;
       }
     }
-    return {ptr_, s, st};
+    return {from_pointer, ptr_, s, st};
   }
 
   static Shape infer_shape(std::span<const std::int64_t> dims, std::int64_t numel) {
@@ -259,6 +373,17 @@ class TensorView : public detail::HostElementAccess<TensorView<D, T>, D, T, fals
   }
 
  private:
+  template <Device, DType>
+  friend class Tensor;
+  template <Device, class>
+  friend class TensorView;
+  // Pointer construction is private and tagged: a plain pointer states no
+  // device, so outside code goes through the named factories.
+  struct FromPointer {};
+  static constexpr FromPointer from_pointer{};
+  TensorView(FromPointer, T* ptr, Shape shape, Strides strides) : ptr_(ptr), shape_(shape), strides_(strides) {}
+  TensorView(FromPointer, T* ptr, Shape shape) : ptr_(ptr), shape_(shape), strides_(contiguous_strides(shape)) {}
+
   T* ptr_ = nullptr;
   Shape shape_;
   Strides strides_{};
@@ -289,23 +414,39 @@ class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T, true> {
   Tensor(const Tensor&) = delete;
   Tensor& operator=(const Tensor&) = delete;
 
-  // No tensor changes device implicitly: these are deleted so that the
-  // compiler names both devices. Move data with tessera::to<D>(t).
+  // No tensor changes device implicitly. These are declared, not deleted, so
+  // that the compiler prints tessera's sentence naming both devices in every
+  // context (std::optional, containers, function arguments). Move data with
+  // tessera::to<D>(t).
   template <Device D2, DType U>
     requires(!same_device<D, D2>)
-  Tensor(const Tensor<D2, U>&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+  Tensor(const Tensor<D2, U>&) {  // NOLINT: implicit, so that the sentence shows
+    detail::refuse_device_change<D, D2>();
+  }
   template <Device D2, DType U>
     requires(!same_device<D, D2>)
-  Tensor(Tensor<D2, U>&&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+  Tensor(Tensor<D2, U>&&) {  // NOLINT: implicit, so that the sentence shows
+    detail::refuse_device_change<D, D2>();
+  }
   template <Device D2, DType U>
     requires(!same_device<D, D2>)
-  Tensor& operator=(const Tensor<D2, U>&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+  Tensor& operator=(const Tensor<D2, U>&) {
+    detail::refuse_device_change<D, D2>();
+    return *this;
+  }
   template <Device D2, DType U>
     requires(!same_device<D, D2>)
-  Tensor& operator=(Tensor<D2, U>&&) = delete;  // tessera: no implicit device change; use tessera::to<D>(t)
+  Tensor& operator=(Tensor<D2, U>&&) {
+    detail::refuse_device_change<D, D2>();
+    return *this;
+  }
 
-  T* raw() noexcept { return static_cast<T*>(buffer_.get()); }
-  const T* raw() const noexcept { return static_cast<const T*>(buffer_.get()); }
+  // The storage's address in D's memory, for kernels and backends (null for
+  // an empty tensor). Host code reads CPU tensors with data(), span(), at().
+  DevicePtr<D, T> device_ptr() noexcept { return DevicePtr<D, T>::assume_on_device(static_cast<T*>(buffer_.get())); }
+  DevicePtr<D, const T> device_ptr() const noexcept {
+    return DevicePtr<D, const T>::assume_on_device(static_cast<const T*>(buffer_.get()));
+  }
   const Shape& shape() const noexcept { return shape_; }
   Strides strides() const noexcept { return contiguous_strides(shape_); }
   int rank() const noexcept { return shape_.rank(); }
@@ -317,8 +458,8 @@ class Tensor : public detail::HostElementAccess<Tensor<D, T>, D, T, true> {
 
   // Views (and so every op, which reads its arguments through views) refuse
   // an empty tensor rather than read through a null pointer.
-  TensorView<D, T> view() { return {checked_raw(), shape_}; }
-  TensorView<D, const T> view() const { return {checked_raw(), shape_}; }
+  TensorView<D, T> view() { return {TensorView<D, T>::from_pointer, checked_raw(), shape_}; }
+  TensorView<D, const T> view() const { return {TensorView<D, const T>::from_pointer, checked_raw(), shape_}; }
   operator TensorView<D, T>() { return view(); }              // NOLINT: same device only
   operator TensorView<D, const T>() const { return view(); }  // NOLINT: same device only
 
@@ -392,12 +533,16 @@ struct tensor_traits {
 template <Device D, DType T>
 struct tensor_traits<Tensor<D, T>> {
   static constexpr bool is_tensor = true;
+  static constexpr bool is_view = false;
+  static constexpr bool is_read_only = false;
   using device = D;
   using element = T;
 };
 template <Device D, class T>
 struct tensor_traits<TensorView<D, T>> {
   static constexpr bool is_tensor = true;
+  static constexpr bool is_view = true;
+  static constexpr bool is_read_only = std::is_const_v<T>;
   using device = D;
   using element = std::remove_const_t<T>;
 };

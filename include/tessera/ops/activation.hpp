@@ -41,7 +41,7 @@ Tensor<device_of<X>, element_of<X>> unary_activation(const X& x, std::string_vie
     cpu_unary(out.raw(), vx, fn, kTranscendentalCost);
   } else {
     cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_activation<T>(ctx, kind, out.raw(), vx.raw(), strided_layout(vx));
+      cuda::launch_activation<T>(ctx, kind, out.device_ptr().get(), vx.device_ptr().get(), strided_layout(vx));
     });
   }
   return out;
@@ -93,8 +93,8 @@ Tensor<device_of<G>, element_of<G>> swiglu(const G& gate, const U& up) {
         detail::kTranscendentalCost);
   } else {
     detail::cuda_launch<D>("ops::swiglu", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_swiglu<T>(ctx, out.raw(), vg.raw(), detail::strided_layout(vg), vu.raw(),
-                             detail::strided_layout(vu));
+      cuda::launch_swiglu<T>(ctx, out.device_ptr().get(), vg.device_ptr().get(), detail::strided_layout(vg),
+                             vu.device_ptr().get(), detail::strided_layout(vu));
     });
   }
   return out;
@@ -139,7 +139,7 @@ Tensor<device_of<X>, element_of<X>> swiglu(const X& gate_up) {
     const std::int64_t rows = half == 0 ? 0 : out.numel() / half;
     detail::cuda_launch<D>("ops::swiglu", [&](const cuda::LaunchContext& ctx) {
       const auto px = detail::packed(vx);
-      cuda::launch_swiglu_fused<T>(ctx, out.raw(), px.get(), rows, half);
+      cuda::launch_swiglu_fused<T>(ctx, out.device_ptr().get(), px.get(), rows, half);
     });
   }
   return out;

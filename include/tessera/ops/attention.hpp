@@ -253,9 +253,9 @@ void attention_cpu(T* out, const TensorView<D, const T>& q, const TensorView<D, 
 template <class D, class T>
 cuda::AttentionOperand<T> cuda_operand(const TensorView<D, const T>& x, Tensor<D, T>& storage) {
   const auto used_stride = [&](int axis) { return x.dim(axis) == 1 ? std::int64_t{0} : x.stride(axis); };
-  if (x.dim(2) == 1 || x.stride(2) == 1) return {x.raw(), used_stride(0), used_stride(1)};
+  if (x.dim(2) == 1 || x.stride(2) == 1) return {x.device_ptr().get(), used_stride(0), used_stride(1)};
   storage = contiguous(x);
-  return {storage.raw(), x.dim(0) == 1 ? 0 : x.dim(1) * x.dim(2), x.dim(1) == 1 ? 0 : x.dim(2)};
+  return {storage.device_ptr().get(), x.dim(0) == 1 ? 0 : x.dim(1) * x.dim(2), x.dim(1) == 1 ? 0 : x.dim(2)};
 }
 
 inline std::int64_t longest_segment(const std::vector<std::int64_t>& cu) {
@@ -291,7 +291,8 @@ void attention_cuda(Tensor<D, T>& out, const TensorView<D, const T>& q, const Te
     // Flash-decoding keeps the partial softmax state of each key split here.
     const std::size_t workspace_bytes = cuda::attention_decode_workspace_bytes<T>(ctx, shape);
     Buffer<D> workspace = workspace_bytes > 0 ? Buffer<D>(workspace_bytes) : Buffer<D>();
-    cuda::launch_attention<T>(ctx, out.raw(), qo, ko, vo, cu_q, cu_k, shape, workspace.get(), workspace_bytes);
+    cuda::launch_attention<T>(ctx, out.device_ptr().get(), qo, ko, vo, cu_q, cu_k, shape, workspace.get(),
+                              workspace_bytes);
   });
 }
 

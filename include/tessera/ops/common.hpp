@@ -92,17 +92,18 @@ class PackedOperand {
  public:
   explicit PackedOperand(const TensorView<D, const T>& view) {
     if (view.is_contiguous()) {
-      ptr_ = view.raw();
+      ptr_ = view.device_ptr();
     } else {
       storage_ = contiguous(view);
-      ptr_ = storage_.raw();
+      ptr_ = storage_.device_ptr();
     }
   }
-  const T* get() const noexcept { return ptr_; }
+  DevicePtr<D, const T> device_ptr() const noexcept { return ptr_; }
+  const T* get() const noexcept { return ptr_.get(); }
 
  private:
   Tensor<D, T> storage_;
-  const T* ptr_ = nullptr;
+  DevicePtr<D, const T> ptr_;
 };
 
 template <AnyTensor X>

@@ -27,8 +27,9 @@ Tensor<device_of<A>, element_of<A>> binary(const A& a, const B& b, std::string_v
     cpu_binary(out.raw(), shape, va, vb, fn);
   } else {
     cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_binary<T>(ctx, kind, out.raw(), va.raw(), strided_layout(shape, broadcast_strides(va, shape)),
-                             vb.raw(), strided_layout(shape, broadcast_strides(vb, shape)));
+      cuda::launch_binary<T>(ctx, kind, out.device_ptr().get(), va.device_ptr().get(),
+                             strided_layout(shape, broadcast_strides(va, shape)), vb.device_ptr().get(),
+                             strided_layout(shape, broadcast_strides(vb, shape)));
     });
   }
   return out;
@@ -64,7 +65,7 @@ auto scale(const X& x, float factor) {
     detail::cpu_unary(out.raw(), vx, [factor](float v) { return v * factor; });
   } else {
     detail::cuda_launch<D>("ops::scale", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_scale<T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx), factor);
+      cuda::launch_scale<T>(ctx, out.device_ptr().get(), vx.device_ptr().get(), detail::strided_layout(vx), factor);
     });
   }
   return out;
@@ -87,8 +88,8 @@ void residual_add(Tensor<D, T>& hidden, const R& residual) {
     // written by the same GPU thread (r + h and h + r are the same sum).
     const auto vh = hidden.view();
     detail::cuda_launch<D>("ops::residual_add", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_binary<T>(ctx, cuda::BinaryOp::add, vh.raw(), vh.raw(),
-                             detail::strided_layout(vh), vr.raw(),
+      cuda::launch_binary<T>(ctx, cuda::BinaryOp::add, vh.device_ptr().get(), vh.device_ptr().get(),
+                             detail::strided_layout(vh), vr.device_ptr().get(),
                              detail::strided_layout(vr));
     });
   }
@@ -111,7 +112,7 @@ Tensor<device_of<X>, U> cast(const X& x) {
                                [&](std::int64_t i, const auto& off) { dst[i] = convert<U>(src[off[0]]); });
   } else {
     detail::cuda_launch<D>("ops::cast", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_cast<U, T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx));
+      cuda::launch_cast<U, T>(ctx, out.device_ptr().get(), vx.device_ptr().get(), detail::strided_layout(vx));
     });
   }
   return out;

@@ -70,9 +70,9 @@ Tensor<device_of<W>, element_of<W>> embedding(const W& table, const I& ids) {
     if (vi.numel() > 0) {
       detail::cuda_launch<D>("ops::embedding", [&](const cuda::LaunchContext& ctx) {
         Buffer<D> workspace(cuda::embedding_workspace_bytes());
-        ids_check = cuda::launch_embedding<T, Id>(ctx, out.raw(), vt.raw(), vocab, hidden, vt.stride(0), vt.stride(1),
-                                                  vi.raw(), detail::strided_layout(vi),
-                                                  workspace.get());
+        ids_check = cuda::launch_embedding<T, Id>(ctx, out.device_ptr().get(), vt.device_ptr().get(), vocab, hidden,
+                                                  vt.stride(0), vt.stride(1), vi.device_ptr().get(),
+                                                  detail::strided_layout(vi), workspace.get());
       });
     }
     if (ids_check.position >= 0) id_error(ids_check.id, ids_check.position);

@@ -253,7 +253,7 @@ void prepare_cuda_operand(CudaGemmOperand<D, T>& op, const TensorView<D, const T
     return;
   }
   op.packed.emplace(v);
-  op.view = TensorView<D, const T>(op.packed->get(), v.shape());
+  op.view = TensorView<D, const T>::over_device_memory(op.packed->device_ptr(), v.shape());
   op.layout = gemm_layout(op.view).value();  // row-major [rows, cols]: NoTrans, ld = max(cols, 1)
 }
 
@@ -327,8 +327,8 @@ void enqueue_cuda_gemm(const cuda::LaunchContext& ctx, T* out, const TensorView<
     check(plan.count <= kCudaGemmMax, op, "a batch of ", plan.count, " matrices exceeds cuBLASLt's ", kCudaGemmMax,
           " limit");
   }
-  const cuda::GemmOperand<T> ca{ga.view.raw(), ga.layout.trans, ga.layout.ld};
-  const cuda::GemmOperand<T> cb{gb.view.raw(), gb.layout.trans, gb.layout.ld};
+  const cuda::GemmOperand<T> ca{ga.view.device_ptr().get(), ga.layout.trans, ga.layout.ld};
+  const cuda::GemmOperand<T> cb{gb.view.device_ptr().get(), gb.layout.trans, gb.layout.ld};
   cuda::launch_gemm<T>(ctx, out, ca, cb, bias, rows, n, k, plan);
 }
 
@@ -350,10 +350,10 @@ Tensor<D, T> cuda_matmul(const TensorView<D, const T>& a, const TensorView<D, co
       cuda::GemmBatch all_rows;
       all_rows.count = batch.numel();
       all_rows.stride_c = m * n;
-      cuda::launch_gemm<T>(ctx, out.raw(), {}, {}, bias_ptr, m, n, 0, all_rows);
+      cuda::launch_gemm<T>(ctx, out.device_ptr().get(), {}, {}, bias_ptr, m, n, 0, all_rows);
       return;
     }
-    enqueue_cuda_gemm<D, T>(ctx, out.raw(), a, b, bias_ptr, batch, op);
+    enqueue_cuda_gemm<D, T>(ctx, out.device_ptr().get(), a, b, bias_ptr, batch, op);
   });
   return out;
 }

@@ -107,8 +107,8 @@ Tensor<device_of<X>, element_of<X>> rms_norm(const X& x, const W& weight, double
     } else {
       // x and the weight are read in place, whatever their strides.
       detail::cuda_launch<D>("ops::rms_norm", [&](const cuda::LaunchContext& ctx) {
-        cuda::launch_rms_norm<T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx),
-                                 vw.raw(), vw.stride(0), static_cast<float>(eps));
+        cuda::launch_rms_norm<T>(ctx, out.device_ptr().get(), vx.device_ptr().get(), detail::strided_layout(vx),
+                                 vw.device_ptr().get(), vw.stride(0), static_cast<float>(eps));
       });
     }
     return out;
@@ -163,8 +163,8 @@ Tensor<D, T> add_rms_norm(const H& hidden, Tensor<D, T>& residual, const W& weig
     } else {
       // One kernel, bit for bit residual_add then rms_norm on CUDA as well.
       detail::cuda_launch<D>("ops::add_rms_norm", [&](const cuda::LaunchContext& ctx) {
-        cuda::launch_add_rms_norm<T>(ctx, out.raw(), residual.raw(), vh.raw(),
-                                     detail::strided_layout(vh), vw.raw(), vw.stride(0),
+        cuda::launch_add_rms_norm<T>(ctx, out.device_ptr().get(), residual.device_ptr().get(), vh.device_ptr().get(),
+                                     detail::strided_layout(vh), vw.device_ptr().get(), vw.stride(0),
                                      static_cast<float>(eps));
       });
     }
@@ -227,8 +227,9 @@ Tensor<device_of<X>, element_of<X>> layer_norm(const X& x, const W& weight, cons
       }
     } else {
       detail::cuda_launch<D>("ops::layer_norm", [&](const cuda::LaunchContext& ctx) {
-        cuda::launch_layer_norm<T>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx),
-                                   vw.raw(), vw.stride(0), vb.raw(), vb.stride(0), static_cast<float>(eps));
+        cuda::launch_layer_norm<T>(ctx, out.device_ptr().get(), vx.device_ptr().get(), detail::strided_layout(vx),
+                                   vw.device_ptr().get(), vw.stride(0), vb.device_ptr().get(), vb.stride(0),
+                                   static_cast<float>(eps));
       });
     }
     return out;

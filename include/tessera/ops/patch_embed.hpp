@@ -130,7 +130,8 @@ Tensor<D, T> patch_embed(const TensorView<D, const T>& input, const TensorView<D
       cpu_im2col<R>(columns.raw(), input, kernel);
     } else {
       cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-        cuda::launch_im2col<T>(ctx, columns.raw(), input.raw(), im2col_layout<R>(input, kernel));
+        cuda::launch_im2col<T>(ctx, columns.device_ptr().get(), input.device_ptr().get(),
+                               im2col_layout<R>(input, kernel));
       });
     }
   }

@@ -253,7 +253,7 @@ Tensor<device_of<X>, std::int64_t> argmax(const X& x) {
     const std::int64_t stride = v.strides()[static_cast<std::size_t>(v.rank() - 1)];
     const cuda::StridedLayout row_layout = detail::reduce_ops::cuda_row_layout(v.shape(), v.strides());
     detail::cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_argmax<T>(ctx, out.raw(), v.raw(), row_layout, rows, n, stride);
+      cuda::launch_argmax<T>(ctx, out.device_ptr().get(), v.device_ptr().get(), row_layout, rows, n, stride);
     });
   }
   return out;
@@ -305,8 +305,8 @@ TopK<device_of<X>, element_of<X>> topk(const X& x, std::int64_t k) {
       if (rows == 0 || k == 0) return;
       const std::size_t workspace_bytes = cuda::topk_workspace_bytes(rows, n, k);
       const Buffer<D> workspace = workspace_bytes > 0 ? Buffer<D>(workspace_bytes) : Buffer<D>();
-      cuda::launch_topk<T>(ctx, out.values.raw(), out.indices.raw(), v.raw(), row_layout, rows, n, stride, k,
-                           workspace.get(), workspace_bytes);
+      cuda::launch_topk<T>(ctx, out.values.device_ptr().get(), out.indices.device_ptr().get(), v.device_ptr().get(),
+                           row_layout, rows, n, stride, k, workspace.get(), workspace_bytes);
     });
   }
   return out;

@@ -127,8 +127,8 @@ RopeTables<device_of<P>> rope_tables(const P& positions, std::int64_t rot_dim, d
   } else {
     // The same float32 recipe, step by step, one thread per (s, i).
     detail::cuda_launch<D>("ops::rope_tables", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_rope_tables<I>(ctx, tables.cos.raw(), tables.sin.raw(), vp.raw(), vp.stride(0), seq, rot_dim,
-                                  static_cast<float>(theta));
+      cuda::launch_rope_tables<I>(ctx, tables.cos.device_ptr().get(), tables.sin.device_ptr().get(),
+                                  vp.device_ptr().get(), vp.stride(0), seq, rot_dim, static_cast<float>(theta));
     });
   }
   return tables;
@@ -234,8 +234,8 @@ Tensor<device_of<X>, element_of<X>> apply_rope(const X& x, const C& cos, const S
   } else {
     // x, cos and sin are read in place, whatever their strides.
     detail::cuda_launch<D>("ops::apply_rope", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_apply_rope<T, TC>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx),
-                                     vc.raw(), detail::strided_layout(vc), vs.raw(),
+      cuda::launch_apply_rope<T, TC>(ctx, out.device_ptr().get(), vx.device_ptr().get(), detail::strided_layout(vx),
+                                     vc.device_ptr().get(), detail::strided_layout(vc), vs.device_ptr().get(),
                                      detail::strided_layout(vs));
     });
   }

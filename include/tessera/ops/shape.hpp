@@ -62,7 +62,8 @@ Tensor<D, T> materialize(const TensorView<D, const T>& view, std::string_view op
     tessera::detail::gather_strided(out.raw(), view.raw(), view.shape(), view.strides());
   } else {
     cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-      cuda::copy_strided(ctx, out.raw(), out.strides(), view.raw(), view.strides(), view.shape());
+      cuda::copy_strided(ctx, out.device_ptr().get(), out.strides(), view.device_ptr().get(), view.strides(),
+                          view.shape());
     });
   }
   return out;
@@ -113,7 +114,7 @@ Tensor<D, T> concat_views(std::span<const TensorView<D, const T>> inputs, int ax
   const auto copy_inputs = [&](auto&& copy) {
     std::int64_t start = 0;
     for (const auto& in : inputs) {
-      copy(out.raw() + start * out_strides[static_cast<std::size_t>(a)], in);
+      copy(out.device_ptr().get() + start * out_strides[static_cast<std::size_t>(a)], in);
       start += in.shape()[a];
     }
   };
@@ -124,7 +125,7 @@ Tensor<D, T> concat_views(std::span<const TensorView<D, const T>> inputs, int ax
   } else {
     cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
       copy_inputs([&](T* dst, const TensorView<D, const T>& in) {
-        cuda::copy_strided(ctx, dst, out_strides, in.raw(), in.strides(), in.shape());
+        cuda::copy_strided(ctx, dst, out_strides, in.device_ptr().get(), in.strides(), in.shape());
       });
     });
   }
@@ -155,11 +156,40 @@ Tensor<D, T> concat(std::span<const TensorView<D, const T>> inputs, int axis) {
   return detail::shape_ops::concat_views<D, T>(inputs, axis);
 }
 
-// A braced list of read-only views: ops::concat({x.view(), y.slice(0, 0, 2)}, 0).
-template <Device D, DType T>
-Tensor<D, T> concat(std::initializer_list<TensorView<D, const T>> inputs, int axis) {
-  return detail::shape_ops::concat_views<D, T>(std::span<const TensorView<D, const T>>(inputs.begin(), inputs.size()),
-                                               axis);
+// A braced list of views, all writable or all read-only:
+// ops::concat({x.view(), y.slice(0, 0, 2)}, 0).
+template <Device D, class T>
+Tensor<D, std::remove_const_t<T>> concat(std::initializer_list<TensorView<D, T>> inputs, int axis) {
+  using E = std::remove_const_t<T>;
+  std::vector<TensorView<D, const E>> views(inputs.begin(), inputs.end());
+  return detail::shape_ops::concat_views<D, E>(std::span<const TensorView<D, const E>>(views), axis);
+}
+
+namespace detail::shape_ops {
+// What a braced list becomes when it is not one list of views of a single
+// device and element type (the overload above then cannot deduce D and T, and
+// an initializer_list parameter always wins when it can). Its constructor
+// names what differs, instead of the compiler's "no matching function".
+struct MixedBracedOperands {
+  template <AnyTensor... V>
+    requires(sizeof...(V) >= 2)
+  MixedBracedOperands(const V&...) {  // NOLINT: implicit, it is the braced list
+    require_same_device<device_of<V>...>();
+    require_same_dtype<element_of<V>...>();
+    static_assert((tessera::detail::tensor_traits<V>::is_view && ...),
+                  "tessera: ops::concat's braced form takes views: write ops::concat({a.view(), b.view()}, axis), "
+                  "or ops::concat(axis, a, b) for tensors");
+    static_assert((tessera::detail::tensor_traits<V>::is_read_only && ...) ||
+                      (!tessera::detail::tensor_traits<V>::is_read_only && ...),
+                  "tessera: ops::concat's braced list mixes read-only and writable views: make them all "
+                  "read-only with .as_const()");
+  }
+};
+}  // namespace detail::shape_ops
+
+// Only reached by a braced list the overload above refuses; never returns.
+inline Tensor<Host, float> concat(detail::shape_ops::MixedBracedOperands, int) {
+  throw ValueError("ops::concat: unreachable (a braced list of mixed operands does not compile)");
 }
 
 // Any range of Tensors or views (e.g. what ops::split returns).
@@ -256,7 +286,8 @@ void copy_into(const TensorView<D, T>& dst, const Src& src) {
       tessera::detail::copy_strided(dst.raw(), dst.strides(), vs.raw(), vs.strides(), vs.shape());
     } else {
       detail::cuda_launch<D>(op, [&](const cuda::LaunchContext& ctx) {
-        cuda::copy_strided(ctx, dst.raw(), dst.strides(), vs.raw(), vs.strides(), vs.shape());
+        cuda::copy_strided(ctx, dst.device_ptr().get(), dst.strides(), vs.device_ptr().get(), vs.strides(),
+                           vs.shape());
       });
     }
   }

@@ -105,7 +105,8 @@ Tensor<device_of<X>, element_of<X>> softmax(const X& x) {
   } else {
     detail::cuda_launch<D>("ops::softmax", [&](const cuda::LaunchContext& ctx) {
       const cuda::StridedLayout x_layout = detail::strided_layout(vx);
-      cuda::launch_softmax<T, T>(ctx, out.raw(), vx.raw(), x_layout, static_cast<const T*>(nullptr), x_layout);
+      cuda::launch_softmax<T, T>(ctx, out.device_ptr().get(), vx.device_ptr().get(), x_layout,
+                                 static_cast<const T*>(nullptr), x_layout);
     });
   }
   return out;
@@ -135,7 +136,8 @@ Tensor<device_of<X>, element_of<X>> softmax(const X& x, const M& mask) {
     // x and the mask are read in place; the mask through its strides
     // broadcast to x's shape (0 on broadcast dimensions).
     detail::cuda_launch<D>("ops::softmax", [&](const cuda::LaunchContext& ctx) {
-      cuda::launch_softmax<T, MT>(ctx, out.raw(), vx.raw(), detail::strided_layout(vx), vm.raw(),
+      cuda::launch_softmax<T, MT>(ctx, out.device_ptr().get(), vx.device_ptr().get(), detail::strided_layout(vx),
+                                  vm.device_ptr().get(),
                                   detail::strided_layout(vx.shape(), detail::broadcast_strides(vm, vx.shape())));
     });
   }

