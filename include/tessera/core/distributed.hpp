@@ -87,6 +87,25 @@ class Distributed {
   using device_at = std::tuple_element_t<I, devices>;
 
   Distributed() = default;
+  Distributed(Distributed&&) noexcept = default;
+  Distributed& operator=(Distributed&&) noexcept = default;
+  Distributed(const Distributed&) = delete;
+  Distributed& operator=(const Distributed&) = delete;
+
+  // A value of other devices or of another split never converts. Declared
+  // (not deleted) so the sentence says which crossing was meant, in every
+  // context (a variable, std::optional, a function argument).
+  template <SplitState Split2, DType U>
+    requires(!std::is_same_v<Split2, Split> || !std::is_same_v<U, T>)
+  Distributed(const Distributed<Split2, U>&) {  // NOLINT: implicit, so that the sentence shows
+    refuse_conversion_from<Split2, U>();
+  }
+  template <SplitState Split2, DType U>
+    requires(!std::is_same_v<Split2, Split> || !std::is_same_v<U, T>)
+  Distributed& operator=(const Distributed<Split2, U>&) {
+    refuse_conversion_from<Split2, U>();
+    return *this;
+  }
 
   // Whether this process holds part I (always, in one process).
   template <std::size_t I>
@@ -133,6 +152,26 @@ class Distributed {
     static_assert(!detail::is_partial<Split>::value,
                   "tessera: a Partial<...> value holds per-device summands and cannot be read; reduce it with "
                   "group.all_reduce(std::move(value)) first");
+  }
+
+  // One sentence per kind of crossing; each condition names both types.
+  template <class Split2, class U>
+  static constexpr void refuse_conversion_from() {
+    using from_devices = typename detail::split_traits<Split2>::devices;
+    if constexpr (!std::is_same_v<from_devices, devices>) {
+      static_assert(std::is_same_v<from_devices, devices>,
+                    "tessera: a Distributed value lives on its group's devices; a value of another stage or group "
+                    "crosses with placement::move_to_stage<S2>(value, from_group, to_group) (or to<> per part)");
+    } else if constexpr (detail::is_partial<Split2>::value && !detail::is_partial<Split>::value) {
+      static_assert(std::is_same_v<Split2, Split>,
+                    "tessera: a Partial<...> value becomes Replicated only through group.all_reduce(std::move(value))");
+    } else {
+      static_assert(std::is_same_v<Split2, Split>,
+                    "tessera: a Distributed value changes its split only through the layer or collective that "
+                    "makes it (ColumnParallelLinear, RowParallelLinear, group.all_reduce)");
+      static_assert(std::is_same_v<U, T>,
+                    "tessera: operands have different element types; convert one with tessera::ops::cast<T>(t)");
+    }
   }
 
   template <Device... Gs>

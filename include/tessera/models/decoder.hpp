@@ -131,6 +131,7 @@ class Decoder {
   // rank's device for the stage's layers and the rank's KV heads.
   class Cache {
    public:
+    using model_cache_tag = void;
     std::int64_t length() const noexcept { return length_; }
     std::int64_t capacity() const noexcept { return capacity_; }
     void clear() noexcept {
@@ -290,6 +291,15 @@ class Decoder {
     Cache* const cache_ptr = &cache;
     std::vector<Tensor<device_type, T>> out = forward_batch({&ids, 1}, {&cache_ptr, 1});
     return std::move(out[0]);
+  }
+
+  // A cache of another model (another placement or element type) is one
+  // sentence, not a list of candidates.
+  template <class Input, ModelCache Other>
+    requires(!std::is_same_v<Other, Cache>)
+  Tensor<device_type, T> forward(const Input&, Other&) const {
+    require_own_cache<Cache, Other>();
+    return {};
   }
 
   // Several sequences at once: their tokens are concatenated so every linear

@@ -238,6 +238,15 @@ class InternVL2 {
     return text_.forward(ids, cache);
   }
 
+  // A cache of another model (another placement or element type) is one
+  // sentence, not a list of candidates.
+  template <class Input, ModelCache Other>
+    requires(!std::is_same_v<Other, Cache>)
+  Tensor<device_type, T> forward(const Input&, Other&) const {
+    require_own_cache<Cache, Other>();
+    return {};
+  }
+
   // Several prompts, one cache each: all their tiles go through InternViT
   // in one pass, then each prompt through the decoder. Returns each
   // prompt's logits [len_i, vocab].

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,21 @@
 #include "../ops/shape.hpp"
 
 namespace tessera::models {
+
+// A model's cache type names this member (using model_cache_tag = void), so a
+// model can tell "a cache of another model" from any other argument and say
+// so in one sentence instead of a list of rejected overloads.
+template <class C>
+concept ModelCache = requires { typename C::model_cache_tag; };
+
+// The sentence for a cache handed to a model of another placement or element
+// type: its tensors live on that model's devices, in that model's layout.
+template <class Expected, class Given>
+constexpr void require_own_cache() {
+  static_assert(std::is_same_v<Expected, Given>,
+                "tessera: this KV cache was made by a model of another placement or element type (its tensors "
+                "live on that model's devices); make the cache with this model's new_cache(capacity)");
+}
 
 // One sequence's keys and values for every layer on device D: per layer a
 // [capacity, kv_heads, head_dim] slab of which the first length() rows hold

@@ -276,6 +276,7 @@ class Qwen2_5_VL {
   // One sequence's keys and values plus the M-RoPE offset its decode steps
   // continue from (set by the prefill).
   struct Cache {
+    using model_cache_tag = void;
     typename LanguageModel::Cache kv;
     std::int64_t rope_delta = 0;
 
@@ -364,6 +365,15 @@ class Qwen2_5_VL {
       positions.span()[i] = cache.length() + static_cast<std::int64_t>(i) + cache.rope_delta;
     }
     return text_.forward_edited(ids, positions, cache.kv, [](auto&) {});
+  }
+
+  // A cache of another model (another placement or element type) is one
+  // sentence, not a list of candidates.
+  template <class Input, ModelCache Other>
+    requires(!std::is_same_v<Other, Cache>)
+  Tensor<device_type, T> forward(const Input&, Other&) const {
+    require_own_cache<Cache, Other>();
+    return {};
   }
 
  private:
