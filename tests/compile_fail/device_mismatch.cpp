@@ -20,7 +20,9 @@ using namespace tessera;
 #if defined(TESSERA_CASE_add_two_cpu_slots)
 // §2.6 #1: input_ids on one device, the embedding output on another.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-gcc: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-clang: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-nvcc: A=tessera::(Cpu<0>|Host), B=tessera::Cpu<1>
 void f(const Tensor<Cpu<0>, float>& a, const Tensor<Cpu<1>, float>& b) {
 #ifdef TESSERA_EXPECT_FAIL
   auto c = ops::add(a, b);
@@ -34,7 +36,9 @@ void f(const Tensor<Cpu<0>, float>& a, const Tensor<Cpu<1>, float>& b) {
 // §2.6 #5 and the vLLM/SGLang Host-vs-Device reports: inv_freq or position
 // ids left on the host meet a tensor on the GPU.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cuda<0>, B=tessera::(Cpu<0>|Host)
 void f(const Tensor<Cuda<0>, float>& hidden, const Tensor<Host, float>& inv_freq) {
 #ifdef TESSERA_EXPECT_FAIL
   auto c = ops::mul(hidden, inv_freq);
@@ -47,7 +51,9 @@ void f(const Tensor<Cuda<0>, float>& hidden, const Tensor<Host, float>& inv_freq
 #elif defined(TESSERA_CASE_mul_two_cuda_devices)
 // §2.6 #6: next_tokens on the lm_head's GPU times unfinished_sequences on GPU 0.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cuda<1>, ?tessera::Cuda<0> ?>
+// expect-gcc: same_device<tessera::Cuda<1>, ?tessera::Cuda<0> ?>
+// expect-clang: same_device<tessera::Cuda<1>, ?tessera::Cuda<0> ?>
+// expect-nvcc: A=tessera::Cuda<1>, B=tessera::Cuda<0>
 void f(const Tensor<Cuda<1>, float>& next_tokens, const Tensor<Cuda<0>, float>& unfinished) {
 #ifdef TESSERA_EXPECT_FAIL
   auto c = ops::mul(next_tokens, unfinished);
@@ -60,7 +66,9 @@ void f(const Tensor<Cuda<1>, float>& next_tokens, const Tensor<Cuda<0>, float>& 
 #elif defined(TESSERA_CASE_residual_add_other_device)
 // A pipeline stage boundary: the residual stayed on the previous stage.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cpu<1>, B=tessera::(Cpu<0>|Host)
 void f(Tensor<Cpu<1>, float>& hidden, const Tensor<Cpu<0>, float>& residual) {
 #ifdef TESSERA_EXPECT_FAIL
   ops::residual_add(hidden, residual);
@@ -73,7 +81,9 @@ void f(Tensor<Cpu<1>, float>& hidden, const Tensor<Cpu<0>, float>& residual) {
 // §2.6 #3: rope_deltas computed (and cast) on one device meet cache_position
 // on another. A cast keeps the device; it does not move anything.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-gcc: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-clang: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-nvcc: A=tessera::(Cpu<0>|Host), B=tessera::Cpu<1>
 void f(const Tensor<Cpu<0>, bf16>& rope_deltas, const Tensor<Cpu<1>, float>& cache_position) {
 #ifdef TESSERA_EXPECT_FAIL
   auto c = ops::add(ops::cast<float>(rope_deltas), cache_position);
@@ -87,7 +97,9 @@ void f(const Tensor<Cpu<0>, bf16>& rope_deltas, const Tensor<Cpu<1>, float>& cac
 // §2.6 #2 / #9: a tensor moved with to<> to the wrong device, then combined
 // with a view (slice) of a tensor on the intended one.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cpu<1>, B=tessera::(Cpu<0>|Host)
 void f(const Tensor<Cpu<2>, float>& vision_embeds, const Tensor<Cpu<0>, float>& text_embeds) {
   TensorView<Cpu<0>, const float> rows = text_embeds.slice(0, 0, 4);
 #ifdef TESSERA_EXPECT_FAIL
@@ -101,7 +113,9 @@ void f(const Tensor<Cpu<2>, float>& vision_embeds, const Tensor<Cpu<0>, float>& 
 #elif defined(TESSERA_CASE_add_different_dtypes)
 // Same device, different element types: the dtype gate, not the device gate.
 // expect: operands have different element types. convert one with tessera::ops::cast<T>
-// expect: is_same_v<float, tessera::bf16>
+// expect-gcc: is_same_v<float, tessera::bf16>
+// expect-clang: is_same_v<float, tessera::bf16>
+// expect-nvcc: A=float, B=tessera::bf16
 void f(const Tensor<Cpu<0>, float>& a, const Tensor<Cpu<0>, bf16>& b) {
 #ifdef TESSERA_EXPECT_FAIL
   auto c = ops::add(a, b);
@@ -115,7 +129,9 @@ void f(const Tensor<Cpu<0>, float>& a, const Tensor<Cpu<0>, bf16>& b) {
 // §2.6 #2: vision embeddings on one device spliced into the text embeddings
 // on another (the variadic concat gates its operands like every op).
 // expect: operands live on different devices
-// expect: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-gcc: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-clang: same_device<tessera::Cpu<0>, ?tessera::Cpu<1> ?>
+// expect-nvcc: A=tessera::(Cpu<0>|Host), B=tessera::Cpu<1>
 void f(const Tensor<Cpu<0>, float>& text_embeds, const Tensor<Cpu<1>, float>& vision_embeds) {
 #ifdef TESSERA_EXPECT_FAIL
   auto c = ops::concat(0, text_embeds, vision_embeds);
@@ -140,6 +156,8 @@ void f(const Tensor<Cpu<0>, std::int32_t>& token_ids, const Tensor<Cpu<0>, float
   (void)best;
 }
 
+#elif defined(TESSERA_CASE_NONE)
+// Headers only: the batched run of every twin includes this file first.
 #else
 #error "no TESSERA_CASE_<name> selected"
 #endif

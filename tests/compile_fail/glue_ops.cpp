@@ -16,7 +16,9 @@ using namespace tessera;
 // §2.6 #1: input_ids from the processor (Host) looked up in an embedding
 // table on the GPU.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cuda<0>, B=tessera::(Cpu<0>|Host)
 void f(const Tensor<Cuda<0>, bf16>& embed_tokens, const Tensor<Host, std::int64_t>& input_ids) {
 #ifdef TESSERA_EXPECT_FAIL
   auto x = ops::embedding(embed_tokens, input_ids);
@@ -30,7 +32,9 @@ void f(const Tensor<Cuda<0>, bf16>& embed_tokens, const Tensor<Host, std::int64_
 // §2.6 #4 / #5: rotary tables built from position ids that stayed on CPU slot 0
 // (the role of inv_freq left on the CPU) applied to activations on slot 1.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cpu<1>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cpu<1>, B=tessera::(Cpu<0>|Host)
 void f(const Tensor<Cpu<1>, float>& q, const Tensor<Cpu<0>, std::int64_t>& position_ids) {
 #ifdef TESSERA_EXPECT_FAIL
   auto tables = ops::rope_tables(position_ids, 64, 1e6);
@@ -45,7 +49,9 @@ void f(const Tensor<Cpu<1>, float>& q, const Tensor<Cpu<0>, std::int64_t>& posit
 // Variable-length attention with the cumulative sequence lengths built by
 // the processor on the host and never moved next to q, k and v.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cuda<0>, B=tessera::(Cpu<0>|Host)
 void f(const Tensor<Cuda<0>, bf16>& q, const Tensor<Cuda<0>, bf16>& k, const Tensor<Cuda<0>, bf16>& v,
        const Tensor<Host, std::int32_t>& cu_seqlens) {
   const ops::AttentionOptions causal{.mask = ops::MaskKind::Causal};
@@ -58,6 +64,8 @@ void f(const Tensor<Cuda<0>, bf16>& q, const Tensor<Cuda<0>, bf16>& k, const Ten
   (void)out;
 }
 
+#elif defined(TESSERA_CASE_NONE)
+// Headers only: the batched run of every twin includes this file first.
 #else
 #error "no TESSERA_CASE_<name> selected"
 #endif

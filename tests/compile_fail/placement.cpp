@@ -36,7 +36,9 @@ using namespace tessera;
 // M-RoPE tables are built where the position ids are (get_rope_index makes
 // them on the host), then applied to q on the GPU.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cuda<1>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cuda<1>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cuda<1>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cuda<1>, B=tessera::(Cpu<0>|Host)
 void f(const Tensor<Cuda<1>, bf16>& q, const Tensor<Host, std::int64_t>& positions /* [3, S] */,
        std::span<const std::int64_t> mrope_section) {
 #ifdef TESSERA_EXPECT_FAIL
@@ -54,7 +56,9 @@ void f(const Tensor<Cuda<1>, bf16>& q, const Tensor<Host, std::int64_t>& positio
 // get_rope_index ran on (cuda:0) and cache_position on another (cuda:1).
 // The proposed fix is the twin: rope_deltas.to(cache_position.device).
 // expect: operands live on different devices
-// expect: same_device<tessera::Cuda<1>, ?tessera::Cuda<0> ?>
+// expect-gcc: same_device<tessera::Cuda<1>, ?tessera::Cuda<0> ?>
+// expect-clang: same_device<tessera::Cuda<1>, ?tessera::Cuda<0> ?>
+// expect-nvcc: A=tessera::Cuda<1>, B=tessera::Cuda<0>
 void f(const Tensor<Cuda<1>, std::int64_t>& cache_position, const Tensor<Cuda<0>, std::int64_t>& rope_deltas) {
 #ifdef TESSERA_EXPECT_FAIL
   auto position = ops::add(cache_position, rope_deltas);
@@ -106,7 +110,9 @@ Tensor<Cuda<4>, std::int64_t> f(const Tensor<Cuda<4>, std::int64_t>& next_tokens
 // the video's temporal positions t_index * second_per_grid_t *
 // tokens_per_second are computed next to a grid tensor on the GPU.
 // expect: operands live on different devices
-// expect: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-gcc: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-clang: same_device<tessera::Cuda<0>, ?tessera::Cpu<0> ?>
+// expect-nvcc: A=tessera::Cuda<0>, B=tessera::(Cpu<0>|Host)
 void f(const Tensor<Cuda<0>, std::int64_t>& t_index /* [T] */,
        const Tensor<Host, float>& second_per_grid_ts /* [1], from the processor */, float tokens_per_second) {
   const Tensor<Cuda<0>, float> t = ops::cast<float>(t_index);
@@ -257,6 +263,8 @@ void f(const models::internvl2::VisionEncoder<Cuda<0>, bf16>& encoder, const Ten
 #endif
 }
 
+#elif defined(TESSERA_CASE_NONE)
+// Headers only: the batched run of every twin includes this file first.
 #else
 #error "no TESSERA_CASE_<name> selected"
 #endif
