@@ -10,6 +10,16 @@
 #   // compile-ok: alone
 # (the reason, if any, on the comment lines around it): their twins are not
 # batched (see CMakeLists.txt) but compiled one per test, as the misuses are.
+# Stops a -P script with "<script>: -D<VAR>=... is required" for the first of
+# the named variables that is unset or empty.
+function(tessera_cf_require_vars script)
+  foreach(var IN LISTS ARGN)
+    if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
+      message(FATAL_ERROR "${script}: -D${var}=... is required")
+    endif()
+  endforeach()
+endfunction()
+
 function(tessera_cf_read_cases file cases_var alone_var)
   # Only lines of these two shapes are read, so no ';' or '[' can mangle the list.
   file(STRINGS "${file}" lines

@@ -27,11 +27,8 @@
 # command and the whole output of the batched run are printed.
 cmake_minimum_required(VERSION 3.24)
 
-foreach(var IN ITEMS COMPILER COMPILER_KIND SETTINGS SOURCE WRAPPER)
-  if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
-    message(FATAL_ERROR "check_batch.cmake: -D${var}=... is required")
-  endif()
-endforeach()
+include("${CMAKE_CURRENT_LIST_DIR}/cases.cmake")
+tessera_cf_require_vars(check_batch.cmake COMPILER COMPILER_KIND SETTINGS SOURCE WRAPPER)
 if(NOT COMPILER_KIND MATCHES "^(gcc|clang)$")
   message(FATAL_ERROR "check_batch.cmake: COMPILER_KIND must be gcc or clang (got '${COMPILER_KIND}')")
 endif()
@@ -40,7 +37,6 @@ if(NOT DEFINED TEST_NAME OR TEST_NAME STREQUAL "")
   set(TEST_NAME "compile_ok.${COMPILER_KIND}.${stem}")
 endif()
 include("${SETTINGS}")
-include("${CMAKE_CURRENT_LIST_DIR}/cases.cmake")
 
 # ---- guard: the batch holds every case of SOURCE --------------------------------
 tessera_cf_read_cases("${SOURCE}" cases alone_now)

@@ -26,11 +26,8 @@
 # and TESSERA_CF_MAX_LINES (-DMAX_LINES=... on this command line overrides it).
 cmake_minimum_required(VERSION 3.24)
 
-foreach(var IN ITEMS COMPILER COMPILER_KIND SETTINGS SOURCE CASE MODE)
-  if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
-    message(FATAL_ERROR "check_case.cmake: -D${var}=... is required")
-  endif()
-endforeach()
+include("${CMAKE_CURRENT_LIST_DIR}/cases.cmake")
+tessera_cf_require_vars(check_case.cmake COMPILER COMPILER_KIND SETTINGS SOURCE CASE MODE)
 if(NOT MODE MATCHES "^(fail|ok)$")
   message(FATAL_ERROR "check_case.cmake: MODE must be fail or ok (got '${MODE}')")
 endif()
@@ -95,7 +92,6 @@ if(MODE STREQUAL "fail" AND n_expect EQUAL 0)
 endif()
 
 # ---- compile -----------------------------------------------------------------
-include("${CMAKE_CURRENT_LIST_DIR}/cases.cmake")
 tessera_cf_base_command(cmd)
 list(APPEND cmd "-DTESSERA_CASE_${CASE}")
 if(MODE STREQUAL "fail")
