@@ -230,6 +230,7 @@ inline std::unique_ptr<DeviceContext> create_context(int logical) {
   ctx->launch.physical_device = ctx->physical;
   ctx->launch.sm_count = prop.multiProcessorCount;
   ctx->launch.compute_capability = prop.major * 10 + prop.minor;
+  ctx->launch.max_shared_memory_per_block = prop.sharedMemPerBlockOptin;
   return ctx;
 }
 

@@ -33,6 +33,9 @@ struct LaunchContext {
   int physical_device = 0;
   int sm_count = 0;
   int compute_capability = 0;  // major * 10 + minor, e.g. 90 for an H100
+  // Bytes of shared memory one block may opt in to (227 KiB on an H100,
+  // 64 KiB on a T4); kernels with large tiles size them to fit.
+  std::size_t max_shared_memory_per_block = 0;
 };
 
 // The shape and element strides of a (possibly strided or broadcast) operand,

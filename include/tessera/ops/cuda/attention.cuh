@@ -57,8 +57,9 @@ inline constexpr int kAttentionDecodeWarps = 4;     // warps per decode block
 inline constexpr int kAttentionDecodeMaxHeads = 8;  // query heads per decode block
 inline constexpr std::size_t kAttentionSmemDefaultLimit = 48 * 1024;  // no opt-in needed below this
 // Decode shared memory: float state within the first budget, K/V staging
-// (2 stages per warp) within the second; 96 KiB in all fits every GPU with
-// bf16 tensor cores (compute capability >= 8.0).
+// (2 stages per warp) within the second; 96 KiB in all fits every GPU of
+// compute capability >= 7.0 but 7.5 (T4 allows a block 64 KiB: there the
+// staging tiles shrink to what the device's limit leaves).
 inline constexpr std::size_t kAttentionDecodeFloatBudget = 32 * 1024;
 inline constexpr std::size_t kAttentionDecodeStagingBudget = 64 * 1024;
 inline constexpr std::int64_t kAttentionDecodeMaxSplits = 4096;
@@ -92,8 +93,10 @@ std::size_t attention_decode_staging_bytes(std::int64_t tile_keys, std::int64_t 
   return static_cast<std::size_t>(kAttentionDecodeWarps * 2 * tile_keys * (dh + dv)) * sizeof(T);
 }
 
+// `smem_limit`: the shared memory a block of this device may opt in to
+// (LaunchContext::max_shared_memory_per_block); 0 assumes the 96 KiB above.
 template <class T>
-AttentionDecodePlan attention_decode_plan(const AttentionShape& s, int sm_count) {
+AttentionDecodePlan attention_decode_plan(const AttentionShape& s, int sm_count, std::size_t smem_limit) {
   AttentionDecodePlan plan;
   if (s.sq == 0 || s.max_q_len > 1 || s.hq == 0 || s.hkv == 0 || s.dv == 0) return plan;
   const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
@@ -101,13 +104,18 @@ AttentionDecodePlan attention_decode_plan(const AttentionShape& s, int sm_count)
   std::int64_t heads = std::min<std::int64_t>(group, kAttentionDecodeMaxHeads);
   while (heads > 1 && attention_decode_float_bytes(heads, s.dh, s.dv) > kAttentionDecodeFloatBudget) --heads;
   if (attention_decode_float_bytes(heads, s.dh, s.dv) > kAttentionDecodeFloatBudget) return plan;
-  int tile = 32;
-  while (tile > 4 && attention_decode_staging_bytes<T>(tile, s.dh, s.dv) > kAttentionDecodeStagingBudget) tile /= 2;
-  if (attention_decode_staging_bytes<T>(tile, s.dh, s.dv) > kAttentionDecodeStagingBudget) return plan;
-  plan.tile_keys = tile;
   plan.head_chunks = ceil_div(group, heads);
   const std::int64_t balanced = ceil_div(group, plan.head_chunks);  // e.g. 12 heads as 6 + 6, not 8 + 4
   plan.heads_per_block = static_cast<int>(balanced);
+  plan.staging_offset = (attention_decode_float_bytes(balanced, s.dh, s.dv) + 15) / 16 * 16;
+  const std::size_t limit =
+      smem_limit == 0 ? kAttentionDecodeFloatBudget + kAttentionDecodeStagingBudget : smem_limit;
+  if (limit <= plan.staging_offset) return plan;
+  const std::size_t staging_budget = std::min(kAttentionDecodeStagingBudget, limit - plan.staging_offset);
+  int tile = 32;
+  while (tile > 4 && attention_decode_staging_bytes<T>(tile, s.dh, s.dv) > staging_budget) tile /= 2;
+  if (attention_decode_staging_bytes<T>(tile, s.dh, s.dv) > staging_budget) return plan;
+  plan.tile_keys = tile;
   // About 4 blocks per SM (2 to 3 are resident, each with K/V tiles in
   // flight), but at least one 32-key stretch per warp.
   const std::int64_t base_blocks = s.segments * s.hkv * plan.head_chunks;
@@ -118,7 +126,6 @@ AttentionDecodePlan attention_decode_plan(const AttentionShape& s, int sm_count)
   const std::int64_t splits = std::clamp<std::int64_t>(ceil_div(target_blocks, base_blocks), 1, max_splits);
   plan.keys_per_block = std::max(quantum, ceil_div(ceil_div(s.max_k_len, splits), quantum) * quantum);
   plan.blocks_per_head = std::max<std::int64_t>(1, ceil_div(s.max_k_len, plan.keys_per_block));
-  plan.staging_offset = (attention_decode_float_bytes(balanced, s.dh, s.dv) + 15) / 16 * 16;
   plan.smem_bytes = plan.staging_offset + attention_decode_staging_bytes<T>(tile, s.dh, s.dv);
   if (plan.blocks_per_head > 1) {
     plan.workspace_bytes =
@@ -133,7 +140,7 @@ AttentionDecodePlan attention_decode_plan(const AttentionShape& s, int sm_count)
 // allocates a Buffer of this size and passes it to launch_attention.
 template <class T>
 std::size_t attention_decode_workspace_bytes(const LaunchContext& ctx, const AttentionShape& s) {
-  return attention_decode_plan<T>(s, ctx.sm_count).workspace_bytes;
+  return attention_decode_plan<T>(s, ctx.sm_count, ctx.max_shared_memory_per_block).workspace_bytes;
 }
 
 // out [sq, hq, dv], contiguous. cu_seqlens_q / cu_seqlens_k: device int32
@@ -244,18 +251,60 @@ struct PrefillParams {
 //     matrices keys 0-7 d 0-7, keys 8-15 d 0-7, keys 0-7 d 8-15, keys 8-15 d 8-15
 //     give b[0], b[1] of d tile 0, then b[0], b[1] of d tile 1.
 
+// cp.async (16-byte global -> shared copies that complete at a later wait)
+// is sm_80+. Below that the copy is synchronous and the commit and waits are
+// no-ops: every caller already makes the copies visible with __syncwarp or
+// __syncthreads after its wait, and never overwrites a buffer that is still
+// being read, so the same code is correct either way (only the overlap of
+// copy and compute is lost).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define TESSERA_CP_ASYNC 0
+#else
+#define TESSERA_CP_ASYNC 1
+#endif
+
 __device__ inline void cp_async_16(void* smem_dst, const void* gmem_src, bool fill) {
+#if TESSERA_CP_ASYNC
   // src-size 0 writes 16 zero bytes and reads nothing (rows past the end).
   const auto dst = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_dst));
   const int src_bytes = fill ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes)
                : "memory");
+#else
+  *static_cast<uint4*>(smem_dst) = fill ? *static_cast<const uint4*>(gmem_src) : make_uint4(0, 0, 0, 0);
+#endif
 }
 
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ inline void cp_async_commit() {
+#if TESSERA_CP_ASYNC
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
 
-__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+__device__ inline void cp_async_wait_all() {
+#if TESSERA_CP_ASYNC
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
 
+// Waits until at most one committed group (the prefetch) is still in flight.
+__device__ inline void cp_async_wait_all_but_one() {
+#if TESSERA_CP_ASYNC
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#endif
+}
+
+// ldmatrix (sm_75+) and the bf16/f16 m16n8k16 mma (sm_80+) exist only in
+// the device code of architectures that have both: their one caller, the
+// tensor-core prefill kernel, has an empty trapping body below sm_80 (the
+// host never launches it there), so older targets never see the instructions.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define TESSERA_MMA_ATTENTION 1
+#else
+#define TESSERA_MMA_ATTENTION 0
+#endif
+
+#if TESSERA_MMA_ATTENTION
 __device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], const void* smem) {
   const auto addr = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -288,6 +337,7 @@ __device__ inline void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 }
+#endif  // TESSERA_MMA_ATTENTION
 
 // Two floats rounded (to nearest even) into one register: lo in the low half.
 template <class N>
@@ -353,7 +403,7 @@ __device__ inline void load_tile_async(N* tile, const N* base, std::int64_t toke
 // the last key a row of the tile can see (causal) are never loaded.
 template <class N, int kHeadDim>
 __global__ void __launch_bounds__(128) attention_prefill_mma_kernel(const PrefillParams<N> p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#if !TESSERA_MMA_ATTENTION
   __trap();  // launch_attention only picks this kernel on compute capability >= 8.0
 #else
   using Tile = MmaTile<N, kHeadDim>;
@@ -766,7 +816,7 @@ __global__ void __launch_bounds__(128) attention_decode_kernel(const DecodeParam
     const bool prefetch = tile + tile_keys < end;
     if (prefetch) stage_tile(tile + tile_keys, stage ^ 1);  // its last reader was the previous tile
     if constexpr (kVector) {
-      if (prefetch) asm volatile("cp.async.wait_group 1;\n" ::: "memory");  // this tile, not the prefetch
+      if (prefetch) cp_async_wait_all_but_one();  // this tile, not the prefetch
       else cp_async_wait_all();
     }
     __syncwarp();  // every lane's copies of this tile are visible to the warp
@@ -1122,7 +1172,7 @@ void launch_attention(const LaunchContext& ctx, T* out, AttentionOperand<T> q, A
   const AttentionOperand<N> nq = native(q), nk = native(k), nv = native(v);
   const auto params = ka::prefill_params<N>(kernels::as_native(out), nq, nk, nv, cu_seqlens_q, cu_seqlens_k, shape);
 
-  const AttentionDecodePlan plan = attention_decode_plan<T>(shape, ctx.sm_count);
+  const AttentionDecodePlan plan = attention_decode_plan<T>(shape, ctx.sm_count, ctx.max_shared_memory_per_block);
   if (plan.usable) {
     ka::launch_decode<N>(ctx, params, shape, plan, workspace, workspace_bytes);
     return;
