@@ -28,7 +28,7 @@ namespace tessera::testing::decoder_fixtures {
 namespace fs = std::filesystem;
 using Ids = std::vector<std::int64_t>;
 
-inline fs::path root() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures"; }
+inline fs::path root() { return tessera::testing::fixtures_dir(); }
 inline fs::path dir(const std::string& fixture) { return root() / fixture; }
 
 // Every fixture the generator writes. internlm2_wide is internlm2 with 4

@@ -30,7 +30,7 @@ namespace iv = models::internvl2;
 namespace fs = std::filesystem;
 using Ids = std::vector<std::int64_t>;
 
-inline fs::path root() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures" / "internvl2"; }
+inline fs::path root() { return tessera::testing::fixtures_dir() / "internvl2"; }
 inline fs::path model_dir(const std::string& model) { return root() / model; }
 
 struct Reference {

@@ -28,7 +28,7 @@ namespace mv = models::minicpm_v;
 namespace fs = std::filesystem;
 using Ids = std::vector<std::int64_t>;
 
-inline fs::path root() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures" / "minicpm_v"; }
+inline fs::path root() { return tessera::testing::fixtures_dir() / "minicpm_v"; }
 inline fs::path model_dir() { return root() / "model"; }
 
 // The cases run as one prompt each (the batch case has its own arrays).

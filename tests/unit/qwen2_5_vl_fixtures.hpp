@@ -25,7 +25,7 @@ namespace vl = models::qwen2_5_vl;
 namespace fs = std::filesystem;
 using Ids = std::vector<std::int64_t>;
 
-inline fs::path root() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures"; }
+inline fs::path root() { return tessera::testing::fixtures_dir(); }
 inline fs::path vl_dir(const std::string& variant) { return root() / "qwen2_5_vl" / variant; }
 
 inline const std::vector<std::string>& cases() {

@@ -22,7 +22,7 @@
 namespace tessera::testing {
 namespace {
 
-const std::filesystem::path kRoot = std::filesystem::path(__FILE__).parent_path().parent_path() / "bad_files";
+const std::filesystem::path kRoot = tessera::testing::tests_dir() / "bad_files";
 
 std::function<void()> loader_for(const std::string& loader, const std::filesystem::path& path) {
   if (loader == "safetensors") return [path] { (void)io::SafetensorsFile::open(path); };

@@ -21,6 +21,8 @@
 #include <string_view>
 #include <vector>
 
+#include "fixtures_dir.hpp"
+
 namespace tessera::testing {
 namespace {
 
@@ -28,7 +30,7 @@ using generate::ChatMessage;
 using generate::ChatTemplate;
 
 std::filesystem::path fixture(const std::string& name) {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "chat_templates" / name;
+  return tessera::testing::fixtures_dir() / "chat_templates" / name;
 }
 
 const nlohmann::json& reference() {

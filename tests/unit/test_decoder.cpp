@@ -25,7 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 using Model = models::Decoder<Single<Cpu<0>>, float>;
 
-fs::path fixture(const std::string& name) { return fs::path(__FILE__).parent_path().parent_path() / "fixtures" / name; }
+fs::path fixture(const std::string& name) { return tessera::testing::fixtures_dir() / name; }
 
 // A copy of a fixture checkpoint whose config.json is edited by `edit`.
 class EditedFixture {

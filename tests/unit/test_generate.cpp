@@ -31,7 +31,7 @@ using generate::SamplingOptions;
 using Ids = std::vector<std::int64_t>;
 
 std::filesystem::path fixture_dir() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "qwen2" / "untied";
+  return tessera::testing::fixtures_dir() / "qwen2" / "untied";
 }
 
 struct Reference {

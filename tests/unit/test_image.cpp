@@ -35,7 +35,7 @@ using namespace tessera;
 using tessera::testing::expect_error;
 
 std::filesystem::path fixture_dir() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "images";
+  return tessera::testing::fixtures_dir() / "images";
 }
 
 const nlohmann::json& manifest() {

@@ -32,6 +32,8 @@
 #include <string>
 #include <vector>
 
+#include "fixtures_dir.hpp"
+
 
 namespace tessera::testing {
 namespace {
@@ -44,7 +46,7 @@ using placement::Strategy;
 
 constexpr std::uint64_t kGiB = std::uint64_t{1} << 30;
 
-fs::path fixture_dir() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures"; }
+fs::path fixture_dir() { return tessera::testing::fixtures_dir(); }
 
 // The seven headers-only copies, written once for the suite.
 class InternVL2Plans : public ::testing::Test {

@@ -326,7 +326,7 @@ TEST(InternVL2Processor, BadImagesAndSettingsAreNamed) {
 // ---- the reference's fixtures -----------------------------------------------------------
 
 std::filesystem::path fixture_dir() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "internvl2_processor";
+  return tessera::testing::fixtures_dir() / "internvl2_processor";
 }
 
 const nlohmann::json& reference() {

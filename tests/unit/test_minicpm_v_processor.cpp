@@ -388,7 +388,7 @@ TEST(MiniCPMVProcessor, PlanMatchesSlices) {
 // ---- the oracle's fixtures (tests/fixtures/minicpm_v) --------------------------------
 
 std::filesystem::path fixture_dir() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "minicpm_v";
+  return tessera::testing::fixtures_dir() / "minicpm_v";
 }
 
 struct Reference {

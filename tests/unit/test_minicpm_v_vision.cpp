@@ -676,7 +676,7 @@ TEST(MiniCpmVEncoderCost, CoversTheLedgerPeak) {
 // "wide", 1000x600: 3 slices) and strip (1400x100: one 8 x 119 slice).
 
 std::filesystem::path golden_dir() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "minicpm_v";
+  return tessera::testing::fixtures_dir() / "minicpm_v";
 }
 
 bool golden_present() { return std::filesystem::exists(golden_dir() / "reference.safetensors"); }

@@ -27,7 +27,7 @@ namespace {
 using Model = models::Qwen2<Single<Cpu<0>>, float>;
 
 std::filesystem::path fixture_dir(const std::string& variant) {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "qwen2" / variant;
+  return tessera::testing::fixtures_dir() / "qwen2" / variant;
 }
 
 struct Reference {

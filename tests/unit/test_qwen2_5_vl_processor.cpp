@@ -31,7 +31,7 @@ namespace vl = tessera::models::qwen2_5_vl;
 using Grid = std::array<std::int64_t, 3>;
 
 std::filesystem::path fixture_dir() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "qwen2_5_vl_processor";
+  return tessera::testing::fixtures_dir() / "qwen2_5_vl_processor";
 }
 
 struct Reference {

@@ -537,7 +537,7 @@ TEST(Qwen25VLVisionTower, BadInputs) {
 // concatenated over a case's images in order.
 
 std::filesystem::path golden_dir(const std::string& layout) {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "qwen2_5_vl" / layout;
+  return tessera::testing::fixtures_dir() / "qwen2_5_vl" / layout;
 }
 
 std::vector<GridTHW> grids_of(const Tensor<Host, std::int64_t>& thw) {

@@ -236,7 +236,7 @@ TEST_F(Safetensors, ZeroSizedAndScalarTensorsAreValid) {
 // implementation itself (tools/fixtures/make_safetensors_reference.py,
 // safetensors 0.8.0). Located from this source file's path.
 std::filesystem::path reference_fixture() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "safetensors" /
+  return tessera::testing::fixtures_dir() / "safetensors" /
          "reference.safetensors";
 }
 

@@ -17,6 +17,8 @@
 
 #include <tessera/tokenizer/bpe.hpp>
 
+#include "fixtures_dir.hpp"
+
 namespace {
 
 using tessera::tokenizer::EncodeOptions;
@@ -26,7 +28,7 @@ namespace unicode = tessera::tokenizer::unicode;
 using json = nlohmann::json;
 
 std::filesystem::path fixture(const std::string& name) {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "tokenizer" / name;
+  return tessera::testing::fixtures_dir() / "tokenizer" / name;
 }
 
 json read_json(const std::string& name) {

@@ -23,6 +23,8 @@
 
 #include <tessera/tokenizer/bpe.hpp>
 
+#include "fixtures_dir.hpp"
+
 namespace {
 
 using tessera::tokenizer::EncodeOptions;
@@ -32,7 +34,7 @@ namespace unicode = tessera::tokenizer::unicode;
 using json = nlohmann::json;
 
 std::filesystem::path fixture(const std::string& name) {
-  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "tokenizer_llama" / name;
+  return tessera::testing::fixtures_dir() / "tokenizer_llama" / name;
 }
 
 json read_json(const std::string& name) {
@@ -331,7 +333,7 @@ TEST(TokenizerLlamaLoad, DecoderWithoutFuseStripsEveryPiece) {
 // the valid ones load and round-trip, each broken one is refused by the
 // check it was written for, so the fuzzer starts inside every new path.
 TEST(TokenizerLlamaLoad, FuzzSeedsReachTheNewComponents) {
-  const auto seeds = std::filesystem::path(__FILE__).parent_path().parent_path() / "fuzz" / "corpus" / "tokenizer";
+  const auto seeds = tessera::testing::tests_dir() / "fuzz" / "corpus" / "tokenizer";
   std::size_t valid = 0, refused = 0;
   for (const auto& entry : std::filesystem::directory_iterator(seeds)) {
     const std::string name = entry.path().filename().string();

@@ -25,6 +25,8 @@
 #include <tessera/tokenizer/auto.hpp>
 #include <tessera/tokenizer/sentencepiece.hpp>
 
+#include "fixtures_dir.hpp"
+
 namespace {
 
 using tessera::tokenizer::AnyTokenizer;
@@ -35,7 +37,7 @@ namespace unicode = tessera::tokenizer::unicode;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-fs::path fixtures() { return fs::path(__FILE__).parent_path().parent_path() / "fixtures"; }
+fs::path fixtures() { return tessera::testing::fixtures_dir(); }
 fs::path sp_dir(const std::string& name) { return fixtures() / "tokenizer_sp" / name; }
 
 std::string read_file(const fs::path& p) {

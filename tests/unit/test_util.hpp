@@ -18,6 +18,8 @@
 
 #include <tessera/tessera.hpp>
 
+#include "fixtures_dir.hpp"
+
 namespace tessera::testing {
 
 // One typed-test configuration: a device tag and an element type.
