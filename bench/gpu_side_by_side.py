@@ -63,9 +63,7 @@ smoke test in tests/bench runs that on the tiny fixture).
 """
 import argparse
 import datetime
-import hashlib
 import json
-import math
 import os
 import pathlib
 import platform
@@ -473,6 +471,7 @@ TESSERA_PATTERNS = {
     "processed_s": re.compile(r"^processed in ([\d.]+) s", re.M),
     "load_s": re.compile(r"^load +([\d.]+) s", re.M),
     "prefill_s": re.compile(r"^prefill +([\d.]+) s", re.M),
+    "decode": re.compile(r"^decode +([\d.]+) tokens/s", re.M),
     "generated": re.compile(r"^generated tokens +(\d+) \(stopped at (.*)\)", re.M),
     "overall": re.compile(r"^overall +[\d.]+ tokens/s \((\d+) tokens in ([\d.]+) s", re.M),
     "generated_ids": re.compile(r"^generated ids:((?: \d+)*)$", re.M),
@@ -503,8 +502,14 @@ def parse_tessera(stderr):
         g = m["image"].groups()
         r["image"] = f"{g[0]}x{g[1]} -> {g[2]}x{g[3]}, grid {g[4]}"
     r["ttft_s"] = r["processor_s"] + r["prefill_s"]
+    # The example's own rate (from unrounded times); else from the rounded ones.
     decode_s = r["total_generate_s"] - r["prefill_s"]
-    r["decode_tokens_per_s"] = (r["generated_tokens"] - 1) / decode_s if r["generated_tokens"] > 1 and decode_s > 0 else None
+    if m["decode"]:
+        r["decode_tokens_per_s"] = float(m["decode"].group(1))
+    elif r["generated_tokens"] > 1 and decode_s > 0:
+        r["decode_tokens_per_s"] = (r["generated_tokens"] - 1) / decode_s
+    else:
+        r["decode_tokens_per_s"] = None
     peaks = {d: (parse_bytes(meas), parse_bytes(pred)) for d, meas, pred in TESSERA_PATTERNS["peak"].findall(stderr)}
     r["ledger_peaks"] = {d: {"measured_bytes": a, "predicted_bytes": b} for d, (a, b) in peaks.items()}
     dev = next((d for d in peaks if d.startswith("cuda")), next(iter(peaks), None))
@@ -621,9 +626,13 @@ def set_attention(model, mode):
             c = getattr(model.config, sub, None)
             if c is not None:
                 c._attn_implementation = mode
-    actual = getattr(model.config, "_attn_implementation", None)
-    if actual != mode:
-        raise RuntimeError(f"attn_implementation is {actual!r} after asking for {mode!r}")
+    inner = getattr(model, "model", model)
+    parts = (("the model", model), ("the vision tower", getattr(inner, "visual", None)),
+             ("the language model", getattr(inner, "language_model", None)))
+    for where, cfg in ((w, getattr(m, "config", None)) for w, m in parts):
+        actual = getattr(cfg, "_attn_implementation", mode) if cfg is not None else mode
+        if actual != mode:
+            raise RuntimeError(f"attn_implementation of {where} is {actual!r} after asking for {mode!r}")
 
 
 def hf_generate(model, proc, image_path, text, new_tokens, device, check_finite=False):
@@ -744,7 +753,8 @@ def render_markdown(report):
     header, lines = build_table(report)
     out = [f"# tessera vs transformers: {report['model']['label']}", ""]
     n = report["model"]["parameters"]
-    out.append(f"{report['machine']}; {n / 1e9:.2f} B parameters" if n >= 1e8 else f"{report['machine']}; {n / 1e6:.2f} M parameters")
+    count = f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+    out.append(f"{report['machine']}; {count} parameters")
     out[-1] += (f", "
                f"{report['model']['dtype']}; image {report['input']['image_size']}, prompt "
                f"\"{report['input']['prompt']}\", {report['input']['new_tokens']} new tokens, greedy, batch 1; "
@@ -771,7 +781,9 @@ def render_markdown(report):
 def render_text(report):
     header, lines = build_table(report)
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
-    fmt_row = lambda cells: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))  # noqa: E731
+    def fmt_row(cells):
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+
     out = [f"== {report['model']['label']}: {report['machine']}", fmt_row(header)]
     out += [fmt_row(c) for c in lines]
     out.append("ratios: tessera / transformers (times and memory: below 1 is better for tessera; tokens/s: above 1)")
@@ -790,7 +802,8 @@ def render_text(report):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tessera-bin", default="bundle/bin/qwen2_5_vl", help="the qwen2_5_vl example (default %(default)s)")
+    p.add_argument("--tessera-bin", default="bundle/bin/qwen2_5_vl",
+                   help="the qwen2_5_vl example (default %(default)s)")
     p.add_argument("--ld-library-path", help="prepended to LD_LIBRARY_PATH for the tessera binary")
     p.add_argument("--work-dir", default="/tmp/tessera-sbs", help="checkpoint, image and logs (default %(default)s)")
     p.add_argument("--checkpoint", help="use this checkpoint directory instead of building WORK_DIR/checkpoint")
@@ -828,14 +841,15 @@ def main(argv=None):
     report = {
         "tool": "bench/gpu_side_by_side.py", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": platform.node(), "device": args.device, "budget_s": args.budget_s, "modes": args.modes,
-        "model": {"label": SIZES[size]["label"], "size": size, "parameters": parameter_count(size), "dtype": "bfloat16"},
+        "model": {"label": SIZES[size]["label"], "size": size, "parameters": parameter_count(size),
+                  "dtype": "bfloat16"},
         "input": {"prompt": args.prompt, "new_tokens": args.new_tokens},
         "results": {}, "skipped": [], "errors": [], "notes": [],
         "definitions": {
             "time to first token": "tessera: 'processed in' (image file decode, preprocessing, tokenizing) + "
                                    "'prefill' (to the first token); transformers: image file open + processor + "
                                    "generate() to the first token, after a 2-token first call",
-            "decode tokens/s": "(generated - 1) / (end - first token), greedy, batch 1",
+            "decode tokens/s": "(generated - 1) / (end - first token), greedy, batch 1 (tessera: its 'decode' line)",
             "peak memory": "tessera: its Cuda<0> ledger's peak (all tensors, weights included); transformers: "
                                "torch.cuda.max_memory_allocated; neither counts the CUDA context or library "
                                "workspaces (tessera's whole-process figure: the nvidia-smi delta row)",
@@ -919,7 +933,7 @@ def main(argv=None):
                     skip("checkpoint", f"building and writing {gb:.1f} GB needs about {est:.0f} s, "
                                        f"{budget.left():.0f} s are left")
                     raise NothingToMeasure()
-                log(f"checkpoint: building {report['model']['parameters'] / 1e9:.2f} B parameters on {args.device} "
+                log(f"checkpoint: building {report['model']['parameters'] / 1e6:.1f} M parameters on {args.device} "
                     f"(about {est:.0f} s)")
                 try:
                     model, init_s, write_s, shards, nbytes = write_checkpoint(ckpt, cfg, tokenizer_dir, args.device,
@@ -1028,7 +1042,6 @@ def main(argv=None):
                 if args.device == "cuda":
                     torch.cuda.empty_cache()
     except StartError as e:
-        log(f"error: {e}")
         report["errors"].append({"phase": "start", "error": str(e)})
         print(f"gpu_side_by_side: error: {e}", file=sys.stderr)
         return 2
