@@ -12,22 +12,26 @@ What one run does, each phase only if the time left (--budget-s) allows it:
                152064, untied lm_head; vision 32 blocks of 1280, windows of 112, full attention
                in blocks 7/15/23/31, M-RoPE sections [16, 24, 24], rope_theta 1e6) made by the
                local transformers straight on the device in bf16 with random normal weights
-               (std 0.02, norms 1, seed 0), written in the hub's layout: model-0000K-of-0000N
-               .safetensors shards with the published tensor names (visual.*, model.*,
-               lm_head.weight) + model.safetensors.index.json, config.json, generation_config
-               .json, the published preprocessor_config.json, and the tokenizer, its config and
+               (std 0.02, norms 1, seed 0), written in the hub's layout: 5 shards
+               model-0000K-of-00005.safetensors of at most 4 GB (--shard-gb) with the published
+               tensor names (visual.*, model.*, lm_head.weight) + model.safetensors.index.json,
+               config.json (transformers 5's layout, as tests/fixtures/qwen2_5_vl/tied), generation
+               _config.json, the published preprocessor_config.json, and the tokenizer, its config and
                chat_template.json from tests/fixtures/qwen2_5_vl/tied (a 1052-id byte-level BPE
                with Qwen's special tokens: the model's 152064 embedding rows outnumber it; the
                token ids of config.json are that tokenizer's). A checkpoint left by an earlier
                run with the same config is reused (sbs_checkpoint.json records it).
   input        WORK_DIR/image_1280x720.png (deterministic: gradients, shapes, seeded noise) and
                the prompt "Describe this image." in Qwen2.5-VL's chat template (default system
-               prompt, the image first): 1196 image tokens, about 1220 prompt tokens.
+               prompt, the image first): 1280x720 -> 1288x728, grid 1x52x92, 1196 image tokens,
+               1221 prompt tokens on both sides.
   tessera      the example binary, --placement cuda (bf16 on Cuda<0>), greedy, no repetition
-               penalty, --max-new-tokens 128, in its own process. Its stderr summary gives the
-               numbers: time to first token = "processed in" (image decode + preprocessing +
-               tokenizing) + "prefill" (generate() to the first token); decode tokens/s =
-               (generated - 1) / (overall - prefill); peak = the Cuda<0> ledger's measured peak
+               penalty, --max-new-tokens 128, --print-ids, in its own process (a binary that
+               does not load is retried with the bundle's lib/, PyTorch's NVIDIA wheels and the
+               CUDA toolkit on LD_LIBRARY_PATH). Its stderr summary gives the numbers: time to
+               first token = "processed in" (image decode + preprocessing + tokenizing) +
+               "prefill" (generate() to the first token); decode tokens/s = its "decode" line,
+               (generated - 1) / (end - first token); peak = the Cuda<0> ledger's measured peak
                (every tensor tessera allocated, weights included; not the CUDA context or the
                cuBLAS workspace). Alongside: nvidia-smi's memory.used sampled every 100 ms
                during the run, minus its value before the launch (whole process, context
@@ -42,6 +46,8 @@ What one run does, each phase only if the time left (--budget-s) allows it:
                that stamps each token: time to first token = processor + prefill to the
                first token, decode tokens/s = 127 / (end - first token); peak =
                torch.cuda.max_memory_allocated() (reset before the run), reserved alongside.
+               How many of the greedy ids equal tessera's is reported too (same model, same
+               prompt: a check that both ran the same thing; bf16 rounding parts them later).
 
 Then a table with the ratios (tessera / each transformers mode) on stdout and the same as JSON
 and Markdown: --out FILE writes FILE.json and FILE.md (default WORK_DIR/side_by_side).
@@ -734,14 +740,16 @@ def build_table(report):
     for label, key, digits in rows:
         vals = []
         for c, _ in cols:
-            v = res.get(c, {}).get(key) if isinstance(res.get(c), dict) else None
+            r = res.get(c) if isinstance(res.get(c), dict) else {}
+            # tessera's time to first token is always a fresh process's first call
+            v = r.get("ttft_s") if key == "first_call_ttft_s" and c == "tessera" else r.get(key)
             if v is not None and key.endswith("bytes"):
                 v = v / GIB
             vals.append(v)
         if all(v is None for v in vals):
             continue
         ratios = []
-        if key in ("ttft_s", "decode_tokens_per_s", "peak_bytes", "prefill_s", "processor_s"):
+        if key in ("ttft_s", "decode_tokens_per_s", "peak_bytes", "prefill_s", "processor_s", "first_call_ttft_s"):
             ratios = [ratio(vals[0], vals[1]), ratio(vals[0], vals[2])]
         cells = [label] + [("-" if v is None else (f"{v:.{digits}f}" if digits else str(int(v)))) for v in vals]
         cells += [("-" if r is None else f"{r:.2f}x") for r in ratios] or ["", ""]
@@ -815,7 +823,8 @@ def parse_args(argv):
     p.add_argument("--modes", default=",".join(MODES), help="what to measure, in order (default %(default)s)")
     p.add_argument("--new-tokens", type=int, default=128, help="decoded tokens per run (default %(default)s)")
     p.add_argument("--prompt", default="Describe this image.")
-    p.add_argument("--shard-gib", type=float, default=4.0, help="safetensors shard size (default %(default)s GiB)")
+    p.add_argument("--shard-gb", type=float, default=4.0,
+                   help="largest safetensors shard, in GB of 10^9 bytes (default %(default)s: the 7B's 5 shards)")
     p.add_argument("--tokenizer-dir", default=str(DEFAULT_TOKENIZER_DIR),
                    help="where the tokenizer files come from (default %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="build the checkpoint even if WORK_DIR has it")
@@ -855,8 +864,9 @@ def main(argv=None):
                                "workspaces (tessera's whole-process figure: the nvidia-smi delta row)",
             "greedy ids equal to tessera's": "how many of the mode's first greedy tokens equal tessera's (the "
                                              "same model and prompt; bf16 rounding may make them part later)",
-            "first call TTFT": "transformers' first generate() of the mode in this process (tessera's numbers are "
-                               "always a fresh process's first call)",
+            "first call TTFT": "transformers: the mode's first generate() in this process (the model loaded, "
+                               "nothing run yet for the first mode); tessera: its time to first token, always a "
+                               "fresh process's first call",
         },
     }
     status = 0
@@ -879,6 +889,7 @@ def main(argv=None):
         if "tessera" in args.modes:
             check_tessera_binary(args)
             report["tessera_bin"] = str(pathlib.Path(args.tessera_bin).resolve())
+            report["tessera_ld_library_path"] = args.ld_library_path
         torch = None
         need_torch = bool(hf_modes) or (args.checkpoint is None) or (args.image is None)
         if need_torch:
@@ -937,7 +948,7 @@ def main(argv=None):
                     f"(about {est:.0f} s)")
                 try:
                     model, init_s, write_s, shards, nbytes = write_checkpoint(ckpt, cfg, tokenizer_dir, args.device,
-                                                                             int(args.shard_gib * GIB))
+                                                                             int(args.shard_gb * 1e9))
                 except Exception as e:
                     if torch is not None and isinstance(e, torch.cuda.OutOfMemoryError):
                         raise StartError(f"out of GPU memory while building the checkpoint: {e}") from e
