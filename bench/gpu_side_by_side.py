@@ -69,6 +69,7 @@ smoke test in tests/bench runs that on the tiny fixture).
 """
 import argparse
 import datetime
+import gc
 import json
 import os
 import pathlib
@@ -1049,9 +1050,11 @@ def main(argv=None):
                 est_hf_mode = max(est_hf_mode, 1.5 * (time.perf_counter() - t0))  # eager is slower than sdpa
             except Exception as e:  # noqa: BLE001
                 oom = torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)
-                fail(key, ("out of GPU memory: " if oom else f"{type(e).__name__}: ") + str(e).splitlines()[0])
-                if args.device == "cuda":
-                    torch.cuda.empty_cache()
+                fail(key, ("out of GPU memory: " if oom else f"{type(e).__name__}: ") +
+                     (str(e).strip().splitlines() or [""])[0])
+            if args.device == "cuda":  # after the except block: its traceback no longer holds tensors
+                gc.collect()
+                torch.cuda.empty_cache()
     except StartError as e:
         report["errors"].append({"phase": "start", "error": str(e)})
         print(f"gpu_side_by_side: error: {e}", file=sys.stderr)
