@@ -16,6 +16,26 @@
 
 namespace tessera::cli {
 
+#if defined(TESSERA_WITH_CUDA)
+// Stops before anything is loaded when a GPU of P cannot run elements T (bf16
+// below compute capability 8.0: T4, V100), naming the GPU and this program's
+// choices: its CUDA placements are bf16 only.
+template <DevicePlacement P, FloatType T>
+void require_gpu_dtype() {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (..., [&]<class D>(D*) {
+      if constexpr (is_cuda_v<D>) {
+        if (const auto why = cuda::dtype_unsupported(dtype_name<T>(), cuda::gpu_info(D::index))) {
+          throw UsageError(detail::concat(*why, ". The examples run CUDA placements in bf16 only: rerun on the "
+                                                "CPU with --device cpu (float32), or on a GPU of compute "
+                                                "capability 8.0 or newer"));
+        }
+      }
+    }(static_cast<std::tuple_element_t<I, placement::policy_devices<P>>*>(nullptr)));
+  }(std::make_index_sequence<std::tuple_size_v<placement::policy_devices<P>>>{});
+}
+#endif
+
 template <class F, DevicePlacement P, FloatType T>
 int run_placed(const Job<F>& job, const std::string& label) {
   const ExampleOptions<F>& o = *job.options;
@@ -40,6 +60,9 @@ int run_placed(const Job<F>& job, const std::string& label) {
     std::cout << "-- placement " << label << "\n" << job.plan(request).table();
     return 0;
   }
+#if defined(TESSERA_WITH_CUDA)
+  require_gpu_dtype<P, T>();
+#endif
   placement::Comms<P> comms = make_comms<P>(job.mpi);
   const std::string described = describe_comms<P>(comms);
   request.communicator = described.empty() ? "in-process" : described;

@@ -31,6 +31,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cuda_arch.hpp"
 #include "cuda_error.hpp"
 #include "cuda_launch.hpp"
 #include "device.hpp"
@@ -140,6 +141,16 @@ inline int physical_device(int logical) {
                              "), but this machine has ", map.physical_count, " CUDA device(s)"));
   }
   return physical;
+}
+
+// The GPU behind logical device `logical` (a DeviceError naming it when there
+// is none), read without creating its context, so a start-up check can ask
+// before anything is allocated.
+inline GpuInfo gpu_info(int logical) {
+  const int physical = physical_device(logical);
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, physical), concat("cudaGetDeviceProperties for Cuda<", logical, ">"));
+  return {concat("Cuda<", logical, ">"), prop.name, physical, prop.major * 10 + prop.minor};
 }
 
 // ---- the device guard -------------------------------------------------------
