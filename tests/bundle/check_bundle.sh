@@ -65,6 +65,9 @@ if [[ $check_size == 1 ]]; then
   fi
 fi
 
+# The RUNPATH check needs readelf (binutils); a GPU machine may lack it.
+have_readelf=0
+if command -v readelf >/dev/null; then have_readelf=1; else echo "check_bundle: readelf not found: RUNPATHs not checked"; fi
 ld_path="$dir/lib"
 [[ -n $lib_path ]] && ld_path="$ld_path:$lib_path"
 checked=0
@@ -73,7 +76,10 @@ while IFS= read -r -d '' file; do
   [[ $(head -c 4 "$file" | od -An -c | tr -d ' ') == '177ELF' ]] || continue
   rel=${file#"$dir"/}
   checked=$((checked + 1))
-  runpath=$(LC_ALL=C readelf -d "$file" 2>/dev/null | sed -n 's/.*(\(RUNPATH\|RPATH\)).*\[\(.*\)\]$/\2/p')
+  runpath=""
+  if [[ $have_readelf == 1 ]]; then
+    runpath=$(LC_ALL=C readelf -d "$file" 2>/dev/null | sed -n 's/.*(\(RUNPATH\|RPATH\)).*\[\(.*\)\]$/\2/p')
+  fi
   IFS=: read -r -a entries <<<"$runpath"
   for entry in "${entries[@]}"; do
     [[ -z $entry || $entry == '$ORIGIN'* ]] && continue
