@@ -6,6 +6,8 @@
 #   TESSERA_PRESET  CMake preset (default: "default"; "cpu" never uses nvcc)
 #   TESSERA_CUDA    AUTO | ON | OFF, passed to CMake when set
 #   TESSERA_JOBS    parallel build/test jobs (default: nproc)
+#   TESSERA_CUDA_ARCHITECTURES  CUDA architectures to build (default: native
+#                   with a GPU, 90 without; see tessera_cuda_architectures)
 
 set -euo pipefail
 
@@ -48,11 +50,32 @@ tessera_install_packages() {
   fi
 }
 
+# The CUDA architectures the scripts build: TESSERA_CUDA_ARCHITECTURES when
+# set; the GPUs present ("native") where nvidia-smi sees one; otherwise (CI,
+# no GPU) sm_90 alone. CMake's own default is seven architectures, which makes
+# the kernel library and every test binary linking it about seven times
+# bigger; the cuda_kernels_compile.sm_XX tests still compile every kernel for
+# each of the seven, so narrowing the build loses no coverage.
+tessera_cuda_architectures() {
+  case "$TESSERA_PRESET" in cpu|debug|fuzz) return 0 ;; esac
+  [ "${TESSERA_CUDA:-}" = OFF ] && return 0
+  if [ -n "${TESSERA_CUDA_ARCHITECTURES:-}" ]; then
+    echo "$TESSERA_CUDA_ARCHITECTURES"
+  elif nvidia-smi -L >/dev/null 2>&1; then
+    echo native
+  else
+    echo 90
+  fi
+}
+
 tessera_configure_and_build() {
   local extra=()
   [ -n "${TESSERA_CUDA:-}" ] && extra+=("-DTESSERA_CUDA=${TESSERA_CUDA}")
+  local archs
+  archs="$(tessera_cuda_architectures)"
+  [ -n "$archs" ] && extra+=("-DCMAKE_CUDA_ARCHITECTURES=${archs}")
   cd "$TESSERA_ROOT"
-  tessera_log "configuring (preset ${TESSERA_PRESET}${TESSERA_CUDA:+, TESSERA_CUDA=${TESSERA_CUDA}})"
+  tessera_log "configuring (preset ${TESSERA_PRESET}${TESSERA_CUDA:+, TESSERA_CUDA=${TESSERA_CUDA}}${archs:+, CUDA architectures ${archs}})"
   cmake --preset "$TESSERA_PRESET" "${extra[@]}" >/dev/null
   tessera_log "building with ${TESSERA_JOBS} jobs"
   cmake --build --preset "$TESSERA_PRESET" -j "$TESSERA_JOBS" "$@"
