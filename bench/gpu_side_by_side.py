@@ -2,7 +2,7 @@
 """Side by side on one GPU: tessera's qwen2_5_vl example and transformers (eager and SDPA
 attention) on the same random-weight Qwen2.5-VL-7B-sized checkpoint, in one run.
 
-    python3 bench/gpu_side_by_side.py --tessera-bin BUNDLE/bin/qwen2_5_vl \\
+    python3 bench/gpu_side_by_side.py --tessera-bin BUNDLE/bin/tessera_examples \\
         [--ld-library-path DIRS] [--work-dir /tmp/tessera-sbs] [--out FILE] [--budget-s 540]
 
 What one run does, each phase only if the time left (--budget-s) allows it:
@@ -397,17 +397,26 @@ def library_dirs_guess(exe):
     return out
 
 
+def tessera_prefix(args):
+    """argv that starts the qwen2_5_vl example: the example itself, or the GPU bundle's multi-call
+    binary tessera_examples (scripts/gpu-bundle) with the example's name as its first argument."""
+    exe = str(args.tessera_bin)
+    if pathlib.Path(exe).name == "tessera_examples":
+        return [exe, "qwen2_5_vl"]
+    return [exe]
+
+
 def check_tessera_binary(args):
     """The binary exists, loads its libraries and is the qwen2_5_vl example. A binary that
     lacks shared libraries is tried once more with library_dirs_guess() added."""
     exe = pathlib.Path(args.tessera_bin)
     if not exe.is_file():
         raise StartError(f"--tessera-bin: '{exe}' does not exist (the qwen2_5_vl example of a CUDA build or of "
-                         f"the GPU bundle, e.g. BUNDLE/bin/qwen2_5_vl; --modes sdpa,eager runs without it)")
+                         f"the GPU bundle, e.g. BUNDLE/bin/tessera_examples; --modes sdpa,eager runs without it)")
     if not os.access(exe, os.X_OK):
         raise StartError(f"--tessera-bin: '{exe}' is not executable")
     try:
-        r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=30, env=tessera_env(args))
+        r = subprocess.run(tessera_prefix(args) + ["--help"], capture_output=True, text=True, timeout=30, env=tessera_env(args))
     except OSError as e:
         raise StartError(f"--tessera-bin: '{exe}' cannot be run: {e}") from e
     except subprocess.TimeoutExpired as e:
@@ -418,7 +427,7 @@ def check_tessera_binary(args):
             args.ld_library_path = ":".join(guess)
             log(f"tessera: {r.stderr.strip().splitlines()[-1]}; trying again with LD_LIBRARY_PATH += "
                 f"{args.ld_library_path}")
-            r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=30,
+            r = subprocess.run(tessera_prefix(args) + ["--help"], capture_output=True, text=True, timeout=30,
                                env=tessera_env(args))
     if r.returncode != 0 or "usage: qwen2_5_vl" not in r.stdout:
         detail = (r.stderr or r.stdout).strip().splitlines()[-3:]
@@ -526,7 +535,7 @@ def parse_tessera(stderr):
 
 
 def run_tessera(args, ckpt, image, timeout, work):
-    cmd = [str(args.tessera_bin), "--model", str(ckpt), "--image", str(image), "--prompt", args.prompt,
+    cmd = tessera_prefix(args) + ["--model", str(ckpt), "--image", str(image), "--prompt", args.prompt,
            "--placement", "cuda" if args.device == "cuda" else "cpu", "--greedy", "--repetition-penalty", "1",
            "--max-new-tokens", str(args.new_tokens), "--print-ids"]
     log(f"tessera: {' '.join(cmd)} (timeout {timeout:.0f} s)")
@@ -811,8 +820,8 @@ def render_text(report):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tessera-bin", default="bundle/bin/qwen2_5_vl",
-                   help="the qwen2_5_vl example (default %(default)s)")
+    p.add_argument("--tessera-bin", default="bundle/bin/tessera_examples",
+                   help="the qwen2_5_vl example, or the GPU bundle's tessera_examples (default %(default)s)")
     p.add_argument("--ld-library-path", help="prepended to LD_LIBRARY_PATH for the tessera binary")
     p.add_argument("--work-dir", default="/tmp/tessera-sbs", help="checkpoint, image and logs (default %(default)s)")
     p.add_argument("--checkpoint", help="use this checkpoint directory instead of building WORK_DIR/checkpoint")
