@@ -126,7 +126,7 @@ template <class F, class Entry>
 PlacedRun<F> placed_run() {
   using P = typename Entry::policy;
   using T = typename Entry::element;
-  return {&run_placed<F, P, T>, policy_name<P>() + (std::is_same_v<T, float> ? ", float32" : ", bf16")};
+  return {&run_placed<F, P, T>, policy_name<P>() + ", " + std::string(dtype_name<T>())};
 }
 
 // --plan-only under a placement this build cannot run (a CUDA one without
@@ -168,7 +168,8 @@ PlacedRun<F> find_placement(const std::string& spec, [[maybe_unused]] bool plan_
   if (plan_only && spec == placements::tag::spec) {                                                \
     using P = placements::tag::policy;                                                             \
     return {&plan_placed<F, P, placements::tag::element>,                                          \
-            policy_name<P>() + ", bf16 (plan only: this build has no CUDA backend)"};              \
+            policy_name<P>() + ", " + std::string(dtype_name<placements::tag::element>()) +        \
+                " (plan only: this build has no CUDA backend)"};                                      \
   }
   TESSERA_EXAMPLE_CUDA_LIST(TESSERA_FIND_PLAN)
 #undef TESSERA_FIND_PLAN

@@ -19,16 +19,16 @@ namespace tessera::cli {
 #if defined(TESSERA_WITH_CUDA)
 // Stops before anything is loaded when a GPU of P cannot run elements T (bf16
 // below compute capability 8.0: T4, V100), naming the GPU and this program's
-// choices: its CUDA placements are bf16 only.
+// choices: one GPU in f16 or float32, or the CPU.
 template <DevicePlacement P, FloatType T>
 void require_gpu_dtype() {
   [&]<std::size_t... I>(std::index_sequence<I...>) {
     (..., [&]<class D>(D*) {
       if constexpr (is_cuda_v<D>) {
         if (const auto why = cuda::dtype_unsupported(dtype_name<T>(), cuda::gpu_info(D::index))) {
-          throw UsageError(detail::concat(*why, ". The examples run CUDA placements in bf16 only: rerun on the "
-                                                "CPU with --device cpu (float32), or on a GPU of compute "
-                                                "capability 8.0 or newer"));
+          throw UsageError(detail::concat(*why, ". Rerun with --placement cuda:f16 or --placement cuda:float32 "
+                                                "(one GPU), with --device cpu (float32), or on a GPU of compute "
+                                                "capability 8.0 or newer for the bf16 placements"));
         }
       }
     }(static_cast<std::tuple_element_t<I, placement::policy_devices<P>>*>(nullptr)));

@@ -41,6 +41,8 @@ inline constexpr const char* kPlacementHelp = R"(placement:
   --placement SPEC          where the model runs (overrides --device); float32 on CPU
                             slots, bf16 on GPUs (builds with the CUDA backend):
                               cpu | cuda                    one device
+                              cuda:f16 | cuda:float32       one GPU in f16 or float32 (GPUs
+                                                            without bf16: T4, V100)
                               pipeline:cpu0,cpu1            layers split over 2 or 4 CPU slots
                               pipeline:cpu0,cpu1,cpu2,cpu3
                               tp:cpu0,cpu1                  tensor parallel over 2 or 4 CPU slots

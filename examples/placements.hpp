@@ -54,13 +54,26 @@ struct tp4_cpu {
   X(pp4_cpu)                              \
   X(tp4_cpu)
 
-// ---- CUDA devices, bf16 (builds with the CUDA backend) --------------------------
+// ---- CUDA devices, bf16 unless the spec says otherwise (CUDA builds) ------------
 // The layouts big checkpoints need: pipelines and tensor parallel over 2, 4
 // and 8 GPUs, and two tensor-parallel stages (2 x 2, 2 x 4).
 struct cuda {
   static constexpr std::string_view spec = "cuda";
   using policy = Single<Cuda<0>>;
   using element = bf16;
+};
+// One GPU in f16 or float32: for GPUs without bf16 (T4, V100: compute
+// capability below 8.0), and float32 also to compare a GPU run with the
+// float32 references of the CPU.
+struct cuda_f16 {
+  static constexpr std::string_view spec = "cuda:f16";
+  using policy = Single<Cuda<0>>;
+  using element = f16;
+};
+struct cuda_float32 {
+  static constexpr std::string_view spec = "cuda:float32";
+  using policy = Single<Cuda<0>>;
+  using element = float;
 };
 struct pp2_cuda {
   static constexpr std::string_view spec = "pipeline:cuda0,cuda1";
@@ -106,6 +119,8 @@ struct pp2_tp4_cuda {
 
 #define TESSERA_EXAMPLE_CUDA_LIST(X) \
   X(cuda)                                  \
+  X(cuda_f16)                              \
+  X(cuda_float32)                          \
   X(pp2_cuda)                              \
   X(tp2_cuda)                              \
   X(pp2_tp2_cuda)                          \
