@@ -111,8 +111,10 @@ void internvl2_config_invariants(std::string_view text) {
   const auto c = iv::Config::from_json(json, "fuzz-internvl2-config.json");
   check(c.vision.hidden_size > 0 && c.vision.num_attention_heads > 0 && c.vision.patch_size > 0);
   check(c.vision.hidden_size % c.vision.num_attention_heads == 0);
+  // select_layer 0 (or -(layers + 1)) is hidden_states[0], the embedding
+  // output, as in the reference: a valid tower that runs no layer.
   const std::int64_t used = iv::layers_used(c.vision, c.projector.select_layer);
-  check(used >= 1 && used <= c.vision.num_hidden_layers);
+  check(used >= 0 && used <= c.vision.num_hidden_layers);
   check(c.tokens_per_tile() > 0);
   check(c.projector.llm_hidden == c.text.hidden_size);
   check(c.processor.min_num >= 1 && c.processor.min_num <= c.processor.max_num);
